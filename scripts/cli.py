@@ -1,0 +1,88 @@
+"""``turbosync`` command line: one subcommand per user job, each a thin call into a package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _fetch_teacher(args: argparse.Namespace) -> int:
+    from teacher.fetch import FetchError, fetch_teacher
+
+    try:
+        paths = fetch_teacher(args.version, args.root, syncnet=args.syncnet, force=args.force)
+    except FetchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _teacher_demo(args: argparse.Namespace) -> int:
+    import configs
+    from scripts.demo_inputs import demo_clip
+    from teacher.pipeline import run_teacher
+
+    cfg = configs.load(args.config, args.overrides)
+    frames, audio = demo_clip(args.video, args.audio, seconds=args.seconds, seed=args.seed)
+    report = run_teacher(cfg, frames, audio, args.out, steps=args.steps, seed=args.seed, device=args.device)
+    print(report.summary())
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from distill.synthworld import synth_dataset
+
+    paths = synth_dataset(
+        args.out_dir, clips=args.clips, resolution=args.resolution, seconds=args.seconds, seed=args.seed
+    )
+    print(f"wrote {len(paths)} clips to {args.out_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turbosync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch-teacher", help="download the official LatentSync files (needs network)")
+    p.add_argument("--version", default="1.6", choices=["1.5", "1.6"])
+    p.add_argument("--root", default="checkpoints", help="folder the teacher configs point at")
+    p.add_argument("--syncnet", action="store_true", help="also fetch stable_syncnet.pt")
+    p.add_argument("--force", action="store_true", help="download again even when present")
+    p.set_defaults(func=_fetch_teacher)
+
+    for name, help_text in (
+        ("teacher-demo", "run the teacher (guided DDIM) end to end and write an mp4"),
+        ("demo", "the main job on the embedded default (currently: the teacher demo on the tiny preset)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default="teacher/tiny", help="preset name or YAML path")
+        p.add_argument("--out", default="outputs/teacher_demo.mp4", type=Path)
+        p.add_argument("--video", default=None, help="face video (default: a synthetic talking-face clip)")
+        p.add_argument("--audio", default=None, help="driving audio (default: the clip's own audio)")
+        p.add_argument("--seconds", type=float, default=2.0, help="length of the synthetic clip")
+        p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the config's, 20)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="cpu")
+        p.add_argument("overrides", nargs="*", help="config overrides key=value")
+        p.set_defaults(func=_teacher_demo)
+
+    p = sub.add_parser("synth", help="write synthetic talking-face clips with ground truth")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--clips", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
