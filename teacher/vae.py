@@ -209,3 +209,10 @@ class VideoVAE(torch.nn.Module):
     def forward(self, latents: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
         """Same as :meth:`decode`."""
         return self.decode(latents, chunk_size=chunk_size)
+
+
+def load_vae(path: str | os.PathLike | None = None, torch_dtype: torch.dtype | None = None, seed: int = 0) -> VideoVAE:
+    """Config entry point: the diffusers VAE folder at ``path``, or the tiny random VAE when None."""
+    if path is None:
+        return VideoVAE.tiny(seed=seed)
+    return VideoVAE.from_pretrained(path, torch_dtype=torch_dtype)
