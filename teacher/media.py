@@ -1,0 +1,340 @@
+"""Video and audio I/O for the teacher path: PyAV for streaming decode and writing, decord for
+random access in training.
+
+Conventions: frames are RGB ``uint8 [H, W, 3]`` (stacks ``[T, H, W, 3]``); audio is mono
+``float32 [N]`` in [-1, 1]. LatentSync resamples every input to 25 fps (``ffmpeg -r 25``) and
+its audio to 16 kHz mono; ``read_video`` / ``read_audio`` do the same without an ffmpeg binary.
+
+decord is imported lazily (only by ``VideoReader``): decord issue #128 reports that importing
+decord before av can break av; here both load in one process (``tests/teacher/test_media.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+__all__ = [
+    "MediaError",
+    "VideoReader",
+    "VideoWriter",
+    "iter_video_frames",
+    "nearest_frame_indices",
+    "read_audio",
+    "read_video",
+    "write_video",
+]
+
+AAC_RATE = 48000  # audio is muxed at 48 kHz: AAC pads to 1024-sample frames (21 ms here, 64 ms at 16 kHz)
+
+
+class MediaError(ValueError):
+    """A media file is missing, unreadable, empty or lacks the requested stream."""
+
+
+def _check_exists(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: file not found")
+    return path
+
+
+def _open(path: str) -> av.container.InputContainer:
+    try:
+        return av.open(path)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise MediaError(f"{path}: cannot open as a media file ({e})") from e
+
+
+def nearest_frame_indices(timestamps: Sequence[float] | np.ndarray, duration: float, fps: float) -> np.ndarray:
+    """Map output frame k at time k / fps to the source frame with the nearest timestamp.
+
+    timestamps: [N] seconds, increasing, of the source frames; duration: seconds covered by the
+    source (last timestamp + its duration, relative to the first). Returns int64 [K] with
+    K = number of k with k / fps < duration (a 1.0 s clip at 30 fps gives 25 frames at 25 fps).
+    Ties go to the earlier frame.
+    """
+    ts = np.asarray(timestamps, dtype=np.float64)
+    if ts.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    ts = ts - ts[0]
+    n_out = int(np.ceil(duration * fps - 1e-6))
+    t_out = np.arange(max(n_out, 1)) / fps
+    mids = (ts[1:] + ts[:-1]) / 2  # frame i owns (mids[i-1], mids[i]]
+    return np.searchsorted(mids, t_out, side="left").astype(np.int64)
+
+
+def _frame_times(stream: av.video.stream.VideoStream) -> tuple[Fraction, float]:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
+    return stream.time_base or Fraction(1, int(rate)), float(rate)
+
+
+def iter_video_frames(path: str | os.PathLike, fps: float | None = 25) -> Iterator[np.ndarray]:
+    """Stream RGB uint8 [H, W, 3] frames, resampled to ``fps`` by nearest timestamp (None: native).
+
+    Decodes one frame ahead, so memory stays constant. Raises MediaError for a missing, corrupt
+    or frameless file.
+    """
+    path = _check_exists(path)
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream (empty or audio-only file)")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        time_base, native = _frame_times(stream)
+        t0 = None
+        prev: tuple[float, np.ndarray] | None = None
+        k = 0  # next output index
+        n_in = 0
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.pts * time_base) if frame.pts is not None else n_in / native
+                t0 = t if t0 is None else t0
+                t -= t0
+                img = frame.to_ndarray(format="rgb24")
+                n_in += 1
+                if fps is None:
+                    yield img
+                    continue
+                if prev is not None:  # prev owns every output time up to the midpoint
+                    mid = (prev[0] + t) / 2
+                    while k / fps <= mid + 1e-9:
+                        yield prev[1]
+                        k += 1
+                prev = (t, img)
+        except av.FFmpegError as e:
+            raise MediaError(f"{path}: corrupt video stream after {n_in} frames ({e})") from e
+        if n_in == 0:
+            raise MediaError(f"{path}: video stream has no decodable frames")
+        if fps is not None and prev is not None:
+            end = prev[0] + 1.0 / native
+            while k == 0 or k / fps < end - 1e-6:
+                yield prev[1]
+                k += 1
+    finally:
+        container.close()
+
+
+def read_video(path: str | os.PathLike, fps: float | None = 25) -> tuple[np.ndarray, float]:
+    """Decode a whole video: (frames uint8 [T, H, W, 3] RGB, fps). ``fps=None`` keeps the native rate."""
+    frames = list(iter_video_frames(path, fps))
+    if fps is None:
+        container = _open(os.fspath(path))
+        try:
+            fps = _frame_times(container.streams.video[0])[1]
+        finally:
+            container.close()
+    return np.stack(frames), float(fps)
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+    """Decode the first audio stream of an audio or video file to mono float32 [N] at ``sample_rate``."""
+    path = _check_exists(path)
+    container = _open(path)
+    chunks: list[np.ndarray] = []
+    try:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        try:
+            for frame in container.decode(stream):
+                frame.pts = None  # let the resampler count samples; broken pts must not drop audio
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.FFmpegError as e:
+            raise MediaError(f"{path}: corrupt audio stream ({e})") from e
+    finally:
+        container.close()
+    if not chunks:
+        raise MediaError(f"{path}: audio stream has no decodable samples")
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+class VideoReader:
+    """Random access to a video via decord, for training.
+
+    ``len(reader)`` native frames; ``reader.fps`` native rate; ``reader.get_frames(idx)`` RGB
+    uint8 [len(idx), H, W, 3]; ``reader.index_map(25)`` int64 [K]: native index of each 25 fps frame
+    (nearest timestamp, same rule as ``read_video``).
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1):
+        import decord  # lazy: see module docstring
+
+        self.path = _check_exists(path)
+        try:
+            self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=num_threads)
+        except (decord.DECORDError, RuntimeError) as e:  # decord raises bare RuntimeError on junk
+            raise MediaError(f"{self.path}: cannot open with decord ({str(e).splitlines()[0]})") from e
+        if len(self._vr) == 0:
+            raise MediaError(f"{self.path}: video stream has no frames")
+        self.fps = float(self._vr.get_avg_fps())
+
+    def __len__(self) -> int:
+        return len(self._vr)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(H, W, 3) of one frame."""
+        return tuple(self._vr[0].shape)
+
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"{self.path}: frame index out of range [0, {len(self)})")
+        return self._vr.get_batch(idx.tolist()).asnumpy()
+
+    def index_map(self, fps: float = 25) -> np.ndarray:
+        ts = self._vr.get_frame_timestamp(range(len(self)))  # [N, 2] start, end seconds
+        return nearest_frame_indices(ts[:, 0], float(ts[-1, 1] - ts[0, 0]), fps)
+
+    def get_frames_at(self, indices: Sequence[int] | np.ndarray, fps: float = 25) -> np.ndarray:
+        """Frames by index on the ``fps`` time grid (e.g. 25 fps frame numbers)."""
+        return self.get_frames(self.index_map(fps)[np.asarray(indices, dtype=np.int64)])
+
+
+class VideoWriter:
+    """Streaming H.264 (yuv420p) mp4 writer with an optional AAC track; atomic on close.
+
+    Frames go to a hidden temporary file in the destination folder, which replaces ``path`` only
+    when the ``with`` block ends without error; on error the temporary file is removed and an
+    existing ``path`` is left untouched. Odd frame sizes are padded by one edge-replicated
+    row/column (yuv420p needs even sizes). Audio (mono float32 at ``sample_rate``) needs
+    ``sample_rate`` at open: ``with VideoWriter(p, 25, sample_rate=16000) as w: w.write(f);
+    w.write_audio(x)``.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 25, *, sample_rate: int | None = None,
+                 crf: int = 18, preset: str = "medium"):
+        self.path = os.path.abspath(os.fspath(path))
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            raise MediaError(f"{self.path}: folder does not exist")
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.sample_rate = sample_rate
+        self.crf, self.preset = crf, preset
+        self._tmp = os.path.join(folder, f".{Path(self.path).stem}.{uuid.uuid4().hex[:8]}.tmp.mp4")
+        self._container = av.open(self._tmp, mode="w", format="mp4")
+        self._video = self._audio = None
+        self._size: tuple[int, int] | None = None  # (H, W) of the input frames
+        self._n_frames = 0
+        self._n_samples = 0
+        self._pending_audio: list[np.ndarray] = []
+        self._closed = False
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _add_streams(self, h: int, w: int) -> None:
+        self._size = (h, w)
+        self._video = self._container.add_stream("libx264", rate=self.fps)
+        self._video.width, self._video.height = w + w % 2, h + h % 2
+        self._video.pix_fmt = "yuv420p"
+        self._video.options = {"crf": str(self.crf), "preset": self.preset}
+        if self.sample_rate is not None:
+            self._audio = self._container.add_stream("aac", rate=AAC_RATE)
+            self._audio.layout = "mono"
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one RGB uint8 [H, W, 3] frame."""
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            self.abort()
+            raise MediaError(f"{self.path}: frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        if self._video is None:
+            self._add_streams(*frame.shape[:2])
+            for chunk in self._pending_audio:
+                self._encode_audio(chunk)
+            self._pending_audio.clear()
+        elif frame.shape[:2] != self._size:
+            self.abort()
+            raise MediaError(f"{self.path}: frame {self._n_frames} is {frame.shape[:2]}, expected {self._size}")
+        h, w = frame.shape[:2]
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self._n_frames
+        vf.time_base = 1 / self.fps
+        self._container.mux(self._video.encode(vf))
+        self._n_frames += 1
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """Append mono float32 [N] samples at the ``sample_rate`` given at open."""
+        if self.sample_rate is None:
+            self.abort()
+            raise MediaError(f"{self.path}: pass sample_rate= when opening the writer to add audio")
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._audio is None:
+            self._pending_audio.append(x)
+        else:
+            self._encode_audio(x)
+
+    def _encode_audio(self, x: np.ndarray | None) -> None:
+        if x is None:
+            self._container.mux(self._audio.encode(None))
+            return
+        if x.size == 0:
+            return
+        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[None]), format="flt", layout="mono")
+        af.sample_rate = self.sample_rate
+        af.pts = self._n_samples
+        af.time_base = Fraction(1, self.sample_rate)
+        self._n_samples += x.size
+        self._container.mux(self._audio.encode(af))
+
+    def close(self) -> None:
+        """Flush the encoders and move the file into place."""
+        if self._closed:
+            return
+        if self._n_frames == 0:
+            self.abort()
+            raise MediaError(f"{self.path}: no frames were written")
+        try:
+            self._container.mux(self._video.encode(None))
+            if self._audio is not None:
+                self._encode_audio(None)
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop everything written so far; ``path`` is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.close()
+        except Exception:  # the temporary file is discarded anyway
+            pass
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: float = 25,
+                audio: np.ndarray | None = None, sample_rate: int = 16000, crf: int = 18) -> None:
+    """Write frames (uint8 [T, H, W, 3] or an iterable of [H, W, 3]) as H.264 mp4, with ``audio``
+    (mono float32 at ``sample_rate``) muxed as AAC when given. Atomic, see ``VideoWriter``."""
+    with VideoWriter(path, fps, sample_rate=sample_rate if audio is not None else None, crf=crf) as w:
+        if audio is not None:
+            w.write_audio(audio)
+        for frame in frames:
+            w.write(frame)

@@ -1,0 +1,213 @@
+"""teacher.media: PyAV write / read round trip, 30 -> 25 fps resampling, audio, decord access, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from teacher.media import (
+    MediaError,
+    VideoReader,
+    VideoWriter,
+    iter_video_frames,
+    nearest_frame_indices,
+    read_audio,
+    read_video,
+    write_video,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SR = 16000
+FPS_IN = 30
+
+
+def moving_pattern(t: int, h: int = 96, w: int = 128) -> np.ndarray:
+    """Smooth RGB pattern that moves 4 px per frame, plus a frame-numbered blue level."""
+    y, x = np.mgrid[:h, :w].astype(np.float64)
+    r = 128 + 100 * np.sin(2 * np.pi * (x + 4 * t) / 64)
+    g = 128 + 100 * np.cos(2 * np.pi * y / 48)
+    b = np.full_like(x, 8.0 * t % 256)
+    return np.stack([r, g, b], axis=-1).round().astype(np.uint8)
+
+
+def tone(seconds: float = 1.0, hz: float = 1000.0, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """1.0 s: 30 frames at 30 fps, 96 x 128, with a 1 kHz tone at 16 kHz."""
+    path = str(tmp_path_factory.mktemp("media") / "clip.mp4")
+    frames = np.stack([moving_pattern(t) for t in range(FPS_IN)])
+    write_video(path, frames, fps=FPS_IN, audio=tone(), sample_rate=SR)
+    return path, frames
+
+
+def test_written_file_is_h264_yuv420p_with_aac(clip):
+    path, _ = clip
+    with av.open(path) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert v.codec_context.name == "h264" and v.codec_context.pix_fmt == "yuv420p"
+        assert a.codec_context.name == "aac"
+        assert (v.width, v.height) == (128, 96)
+        assert float(v.average_rate) == FPS_IN
+
+
+def test_native_read_close_to_input(clip):
+    path, frames = clip
+    video, fps = read_video(path, fps=None)
+    assert fps == FPS_IN and video.shape == frames.shape and video.dtype == np.uint8
+    err = video.astype(np.float64) - frames
+    # crf 18 + 4:2:0 chroma on a saturated pattern; swscale's yuv->rgb reads about 1 level low
+    assert np.abs(err).mean() < 4.0 and abs(err.mean()) < 2.0
+    assert np.abs(err[..., 1]).mean() < 3.0  # green follows luma most closely
+
+
+def test_resample_30_to_25_picks_nearest_frames(clip):
+    path, _ = clip
+    native, _ = read_video(path, fps=None)
+    video, fps = read_video(path, fps=25)
+    assert fps == 25 and len(video) == 25
+    idx = nearest_frame_indices(np.arange(FPS_IN) / FPS_IN, 1.0, 25)
+    # k / 25 s -> nearest of i / 30 s: 0, 1, 2, 4, 5, 6, 7, 8, 10, ...
+    np.testing.assert_array_equal(idx[:10], [0, 1, 2, 4, 5, 6, 7, 8, 10, 11])
+    np.testing.assert_array_equal(video, native[idx])
+    streamed = list(iter_video_frames(path, fps=25))
+    assert len(streamed) == 25 and np.array_equal(np.stack(streamed), video)
+
+
+def test_nearest_frame_indices_upsampling():
+    # 10 fps -> 25 fps over 0.5 s: 12.5 -> 13 output frames, each the nearest of 5 sources
+    idx = nearest_frame_indices(np.arange(5) / 10, 0.5, 25)
+    np.testing.assert_array_equal(idx, [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 4])
+
+
+def test_audio_duration_and_tone(clip):
+    path, _ = clip
+    audio = read_audio(path, SR)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) / SR - 1.0) <= 0.03  # AAC frame padding
+    spec = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    assert abs(np.argmax(spec) * SR / len(audio) - 1000.0) < 3.0
+    rms = np.sqrt(np.mean(audio[1000:-1000] ** 2))
+    assert abs(rms - 0.5 / np.sqrt(2)) < 0.05
+
+
+def test_read_audio_wav_resamples_and_downmixes(tmp_path):
+    sr = 44100
+    t = np.arange(int(0.5 * sr)) / sr
+    stereo = np.stack([0.4 * np.sin(2 * np.pi * 440 * t)] * 2, axis=1)
+    path = tmp_path / "a.wav"
+    sf.write(path, stereo, sr)
+    audio = read_audio(path, 16000)
+    assert abs(len(audio) - 8000) <= 2
+    spec = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spec) * 16000 / len(audio) - 440) < 3
+
+
+def test_decord_reader_matches_av(clip):
+    path, _ = clip
+    native, _ = read_video(path, fps=None)
+    reader = VideoReader(path)
+    assert len(reader) == FPS_IN and reader.fps == pytest.approx(FPS_IN)
+    assert reader.shape == (96, 128, 3)
+    batch = reader.get_frames([0, 7, 29])
+    assert batch.dtype == np.uint8 and batch.shape == (3, 96, 128, 3)
+    assert np.abs(batch.astype(np.float64) - native[[0, 7, 29]]).mean() < 1.0
+    idx = reader.index_map(25)
+    np.testing.assert_array_equal(idx, nearest_frame_indices(np.arange(FPS_IN) / FPS_IN, 1.0, 25))
+    assert np.array_equal(reader.get_frames_at([3]), reader.get_frames([idx[3]]))
+    with pytest.raises(IndexError):
+        reader.get_frames([30])
+
+
+def test_decord_imported_before_av_in_one_process(tmp_path):
+    """decord issue #128: importing decord first was reported to break av. One fresh process."""
+    code = textwrap.dedent(f"""
+        import decord
+        import av
+        import numpy as np
+        from teacher.media import VideoReader, read_audio, read_video, write_video
+        frames = np.full((10, 64, 64, 3), 90, np.uint8)
+        x = (0.3 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 500)).astype(np.float32)
+        write_video({str(tmp_path / "d.mp4")!r}, frames, fps=25, audio=x)
+        v, _ = read_video({str(tmp_path / "d.mp4")!r})
+        r = VideoReader({str(tmp_path / "d.mp4")!r})
+        a = read_audio({str(tmp_path / "d.mp4")!r})
+        print(len(v), len(r), round(len(a) / 16000, 2), int(abs(int(r.get_frames([5]).mean()) - 90) <= 2))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n_av, n_decord, seconds, close = out.stdout.split()[-4:]
+    assert (n_av, n_decord, close) == ("10", "10", "1") and abs(float(seconds) - 1.0) <= 0.03
+
+
+def test_streaming_writer_and_odd_size(tmp_path):
+    path = tmp_path / "s.mp4"
+    x = tone(0.4)
+    with VideoWriter(path, fps=25, sample_rate=SR) as w:
+        w.write_audio(x[:3000])  # before the first frame: buffered
+        for t in range(10):
+            w.write(moving_pattern(t, 33, 47))
+        w.write_audio(x[3000:])
+    video, _ = read_video(path)
+    assert video.shape == (10, 34, 48, 3)  # padded to even by edge replication
+    assert np.abs(video[:, :33, :47].astype(np.float64) - np.stack([moving_pattern(t, 33, 47)
+                                                                  for t in range(10)])).mean() < 4
+    assert abs(len(read_audio(path)) / SR - 0.4) <= 0.03
+    assert sorted(os.listdir(tmp_path)) == ["s.mp4"]
+
+
+def test_atomic_write_no_clobber_no_temp(tmp_path):
+    path = tmp_path / "out.mp4"
+    write_video(path, np.zeros((3, 32, 32, 3), np.uint8))
+    before = path.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+    def frames_then_crash():
+        yield np.full((32, 32, 3), 200, np.uint8)
+        raise RuntimeError("renderer died")
+
+    with pytest.raises(RuntimeError, match="renderer died"):
+        write_video(path, frames_then_crash())
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+    with pytest.raises(MediaError, match="frame 1"):  # size change mid-stream
+        write_video(path, [np.zeros((32, 32, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)])
+    with pytest.raises(MediaError, match="uint8"):
+        write_video(path, np.zeros((2, 32, 32, 3), np.float32))
+    with pytest.raises(MediaError, match="no frames"):
+        write_video(path, [])
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+
+def test_errors_name_the_file(tmp_path):
+    missing = str(tmp_path / "missing.mp4")
+    for fn in (read_video, read_audio, VideoReader):
+        with pytest.raises(MediaError, match="missing.mp4: file not found"):
+            fn(missing)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    for fn in (read_video, read_audio, VideoReader):
+        with pytest.raises(MediaError, match="corrupt.mp4"):
+            fn(corrupt)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(MediaError, match="empty.mp4"):
+        read_video(empty)
+    silent = tmp_path / "silent.mp4"
+    write_video(silent, np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(MediaError, match="silent.mp4: no audio stream"):
+        read_audio(silent)
+    sf.write(tmp_path / "speech.wav", tone(0.1), SR)
+    with pytest.raises(MediaError, match="speech.wav: no video stream"):
+        read_video(tmp_path / "speech.wav")
+    assert issubclass(MediaError, ValueError)
