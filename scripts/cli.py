@@ -42,6 +42,21 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from distill.data import PrepareConfig, prepare
+
+    cfg = PrepareConfig(
+        resolution=args.resolution,
+        min_frames=args.min_frames,
+        scene_cut_threshold=None if args.no_scene_cuts else args.scene_cut_threshold,
+        whisper=args.whisper,
+        workers=args.workers,
+    )
+    report = prepare(args.src_dir, args.out_dir, cfg)
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turbosync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("prepare", help="turn a folder of talking-head videos into training shards")
+    p.add_argument("src_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--resolution", type=int, default=256, help="aligned face size (256 or 512 for real data)")
+    p.add_argument("--min-frames", type=int, default=16, help="shortest kept segment")
+    p.add_argument("--scene-cut-threshold", type=float, default=0.3)
+    p.add_argument("--no-scene-cuts", action="store_true")
+    p.add_argument("--whisper", default=None, help="tiny.pt or HF folder (default: the tiny preset's random one)")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=_prepare)
     return parser
 
 

@@ -1,0 +1,195 @@
+"""Training clips in the teacher's input format, read from ``turbosync prepare`` shards.
+
+Each item is an F-frame window of one shard::
+
+    frames          float32 [3, F, R, R] in [-1, 1]
+    mask            float32 [1, F, R, R]  (1 = keep, 0 = mouth region to generate)
+    masked_frames   float32 [3, F, R, R]  frames * mask
+    ref_frames      float32 [3, F, R, R]  reference: another window of the same shard
+                                          (LatentSync training) or the same frames (inference)
+    audio_embeds    float32 [F, 50, 384]  Whisper token sets (steps 2i-4 .. 2i+5, clamped to the file)
+    audio           float32 [F * 640]     16 kHz samples of the window
+    mouth_open      float32 [F]           synthetic ground truth when the shard has it, else absent
+    shard, start    int                   where the window comes from
+
+With ``latents=True`` and a cache written by ``encode_latents``, the item also holds
+``latents``, ``masked_latents`` and ``ref_latents`` ``[4, F, h, w]`` sampled from the cached
+VAE posteriors (LatentSync samples, not the mode), with a generator seeded per item.
+Items are a pure function of (index, seed): a resumed run sees the same data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+STEPS_PER_FRAME, PAST_STEPS, FUTURE_STEPS = 2, 4, 5
+SAMPLES_PER_FRAME = 640
+
+
+@dataclass
+class Shard:
+    path: Path
+    num_frames: int
+    meta: dict
+
+
+def list_shards(root: str | Path, min_frames: int = 1) -> list[Shard]:
+    shards_dir = Path(root) / "shards"
+    if not shards_dir.is_dir():
+        raise FileNotFoundError(f"{root} has no shards/ folder: run `turbosync prepare SRC_DIR {root}` first")
+    out = []
+    for d in sorted(p for p in shards_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        meta = json.loads((d / "meta.json").read_text())
+        if meta["num_frames"] >= min_frames:
+            out.append(Shard(d, int(meta["num_frames"]), meta))
+    return out
+
+
+def window_steps(meta: dict, start: int, num_frames: int) -> np.ndarray:
+    """Indices into the shard's ``whisper.npy`` for frames ``start..start+F``: ``[F, 10]``."""
+    g = meta["start_frame"] + start + np.arange(num_frames)  # frame index in the source file
+    steps = STEPS_PER_FRAME * g[:, None] + np.arange(-PAST_STEPS, FUTURE_STEPS + 1)[None]
+    steps = np.clip(steps, 0, meta["whisper_total_steps"] - 1)
+    return steps - meta["whisper_step_offset"]
+
+
+class ClipDataset(Dataset):
+    """F-frame windows over prepared shards (stride ``stride``, default F // 2)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        num_frames: int = 16,
+        mask: np.ndarray | None = None,
+        reference: str = "other",
+        stride: int | None = None,
+        latents: bool = False,
+        seed: int = 0,
+    ):
+        if reference not in ("other", "same"):
+            raise ValueError(f"reference must be 'other' (training) or 'same' (inference), got {reference!r}")
+        self.root = Path(root)
+        self.num_frames = num_frames
+        self.reference = reference
+        self.latents = latents
+        self.seed = seed
+        self.shards = list_shards(root, min_frames=num_frames)
+        if not self.shards:
+            raise ValueError(f"no shard in {root} has {num_frames} frames")
+        self.resolution = int(self.shards[0].meta["resolution"])
+        if mask is None:
+            from teacher.face import lower_face_mask
+
+            mask = lower_face_mask(self.resolution)
+        self.mask = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        stride = stride or max(1, num_frames // 2)
+        self.index = [
+            (k, s) for k, sh in enumerate(self.shards) for s in range(0, sh.num_frames - num_frames + 1, stride)
+        ]
+        self._readers: dict[int, object] = {}
+        if latents:
+            missing = [str(s.path) for s in self.shards if not (s.path / "latents.npz").is_file()]
+            if missing:
+                raise FileNotFoundError(f"no latent cache in {missing[:3]}: run distill.data.encode_latents first")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _frames(self, k: int, start: int) -> np.ndarray:
+        from teacher.media import VideoReader
+
+        if k not in self._readers:  # one decord reader per shard and worker process
+            self._readers[k] = VideoReader(self.shards[k].path / "faces.mp4")
+        return self._readers[k].get_frames(np.arange(start, start + self.num_frames))
+
+    def _reference_start(self, k: int, start: int, rng: np.random.Generator) -> int:
+        """A window of the same shard not overlapping ``start`` when the shard is long enough."""
+        n, f = self.shards[k].num_frames, self.num_frames
+        if self.reference == "same":
+            return start
+        choices = [s for s in range(0, n - f + 1) if abs(s - start) >= f]
+        return int(rng.choice(choices)) if choices else int(rng.integers(0, n - f + 1))
+
+    def __getitem__(self, i: int) -> dict:
+        k, start = self.index[i]
+        shard, f = self.shards[k], self.num_frames
+        rng = np.random.default_rng([self.seed, i])
+        ref_start = self._reference_start(k, start, rng)
+        frames = self._to_tensor(self._frames(k, start))
+        ref = frames if ref_start == start else self._to_tensor(self._frames(k, ref_start))
+        mask = self.mask[None, None].expand(1, f, -1, -1)
+        steps = np.load(shard.path / "whisper.npy", mmap_mode="r")
+        tokens = np.asarray(steps[window_steps(shard.meta, start, f)], dtype=np.float32)  # [F, 10, L, D]
+        audio = np.load(shard.path / "audio.npy", mmap_mode="r")
+        item = {
+            "frames": frames,
+            "mask": mask.clone(),
+            "masked_frames": frames * mask,
+            "ref_frames": ref,
+            "audio_embeds": torch.from_numpy(tokens.reshape(f, -1, tokens.shape[-1])),
+            "audio": torch.from_numpy(np.array(audio[start * SAMPLES_PER_FRAME : (start + f) * SAMPLES_PER_FRAME])),
+            "shard": k,
+            "start": start,
+        }
+        truth = shard.meta.get("ground_truth", {})
+        if "mouth_open" in truth:
+            item["mouth_open"] = torch.tensor(truth["mouth_open"][start : start + f], dtype=torch.float32)
+        if self.latents:
+            item.update(self._sample_latents(k, start, ref_start, rng))
+        return item
+
+    @staticmethod
+    def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+        """uint8 ``[F, R, R, 3]`` -> float ``[3, F, R, R]`` in [-1, 1]."""
+        return torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)
+
+    def _sample_latents(self, k: int, start: int, ref_start: int, rng: np.random.Generator) -> dict:
+        cache = np.load(self.shards[k].path / "latents.npz")
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        out = {}
+        for name, key, s in (("latents", "frames", start), ("masked_latents", "masked", start),
+                             ("ref_latents", "frames", ref_start)):  # fmt: skip
+            mean = torch.from_numpy(cache[f"{key}_mean"][s : s + self.num_frames].astype(np.float32))
+            std = torch.from_numpy(cache[f"{key}_std"][s : s + self.num_frames].astype(np.float32))
+            z = mean + std * torch.randn(mean.shape, generator=g)
+            z = (z - float(cache["shift_factor"])) * float(cache["scaling_factor"])
+            out[name] = z.permute(1, 0, 2, 3)  # [4, F, h, w]
+        return out
+
+
+@torch.no_grad()
+def encode_latents(root: str | Path, vae, mask: np.ndarray | None = None, batch: int = 16) -> int:
+    """Cache VAE posteriors (mean, std) of every shard's frames and masked frames in ``latents.npz``."""
+    from tqdm import tqdm
+
+    from teacher.face import lower_face_mask
+    from teacher.media import VideoReader
+
+    shards = list_shards(root)
+    for shard in tqdm(shards, desc="encode latents", unit="shard"):
+        target = shard.path / "latents.npz"
+        if target.is_file():
+            continue
+        reader = VideoReader(shard.path / "faces.mp4")
+        frames = ClipDataset._to_tensor(reader.get_frames(np.arange(shard.num_frames)))  # [3, T, R, R]
+        m = torch.as_tensor(mask if mask is not None else lower_face_mask(frames.shape[-1]))
+        stats = {}
+        for key, video in (("frames", frames), ("masked", frames * m)):
+            means, stds = [], []
+            for s in range(0, shard.num_frames, batch):
+                x = video[:, s : s + batch].permute(1, 0, 2, 3).to(vae.device, vae.dtype)
+                dist = vae.vae.encode(x).latent_dist
+                means.append(dist.mean.float().cpu())
+                stds.append(dist.std.float().cpu())
+            stats[f"{key}_mean"] = torch.cat(means).numpy().astype(np.float16)
+            stats[f"{key}_std"] = torch.cat(stds).numpy().astype(np.float16)
+        tmp = shard.path / "latents.tmp.npz"
+        np.savez(tmp, scaling_factor=np.float32(vae.scaling_factor), shift_factor=np.float32(vae.shift_factor), **stats)
+        tmp.replace(target)
+    return len(shards)
