@@ -14,7 +14,8 @@ Each item is an F-frame window of one shard::
 
 With ``latents=True`` and a cache written by ``encode_latents``, the item also holds
 ``latents``, ``masked_latents`` and ``ref_latents`` ``[4, F, h, w]`` sampled from the cached
-VAE posteriors (LatentSync samples, not the mode), with a generator seeded per item.
+VAE posteriors (LatentSync samples, not the mode), with a generator seeded per item;
+``pixels=False`` then skips decoding the frames.
 Items are a pure function of (index, seed): a resumed run sees the same data.
 """
 
@@ -71,6 +72,7 @@ class ClipDataset(Dataset):
         stride: int | None = None,
         latents: bool = False,
         seed: int = 0,
+        pixels: bool = True,
     ):
         if reference not in ("other", "same"):
             raise ValueError(f"reference must be 'other' (training) or 'same' (inference), got {reference!r}")
@@ -78,6 +80,7 @@ class ClipDataset(Dataset):
         self.num_frames = num_frames
         self.reference = reference
         self.latents = latents
+        self.pixels = pixels or not latents  # without a latent cache the frames are the data
         self.seed = seed
         self.shards = list_shards(root, min_frames=num_frames)
         if not self.shards:
@@ -121,22 +124,22 @@ class ClipDataset(Dataset):
         shard, f = self.shards[k], self.num_frames
         rng = np.random.default_rng([self.seed, i])
         ref_start = self._reference_start(k, start, rng)
-        frames = self._to_tensor(self._frames(k, start))
-        ref = frames if ref_start == start else self._to_tensor(self._frames(k, ref_start))
         mask = self.mask[None, None].expand(1, f, -1, -1)
         steps = np.load(shard.path / "whisper.npy", mmap_mode="r")
         tokens = np.asarray(steps[window_steps(shard.meta, start, f)], dtype=np.float32)  # [F, 10, L, D]
         audio = np.load(shard.path / "audio.npy", mmap_mode="r")
         item = {
-            "frames": frames,
             "mask": mask.clone(),
-            "masked_frames": frames * mask,
-            "ref_frames": ref,
             "audio_embeds": torch.from_numpy(tokens.reshape(f, -1, tokens.shape[-1])),
             "audio": torch.from_numpy(np.array(audio[start * SAMPLES_PER_FRAME : (start + f) * SAMPLES_PER_FRAME])),
             "shard": k,
             "start": start,
         }
+        if self.pixels:
+            frames = self._to_tensor(self._frames(k, start))
+            item["frames"] = frames
+            item["masked_frames"] = frames * mask
+            item["ref_frames"] = frames if ref_start == start else self._to_tensor(self._frames(k, ref_start))
         truth = shard.meta.get("ground_truth", {})
         if "mouth_open" in truth:
             item["mouth_open"] = torch.tensor(truth["mouth_open"][start : start + f], dtype=torch.float32)

@@ -1,0 +1,59 @@
+"""Train the toy teacher on the synthetic world and write it to ``assets/toy_teacher/``.
+
+    python -m scripts.train_toy_teacher --out assets/toy_teacher [--clips 48] [--unet-steps 4000] ...
+
+Steps: synthesise clips -> prepare (128 px aligned faces, Whisper steps) -> fit the toy VAE ->
+train the LatentSync-architecture U-Net -> evaluate mouth sync on held-out clips -> save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("assets/toy_teacher"))
+    p.add_argument("--work", type=Path, default=Path("runs/toy_world"))
+    p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    command = "python -m scripts.train_toy_teacher " + shlex.join(argv if argv is not None else sys.argv[1:])
+
+    import torch
+
+    from distill.data import ClipDataset, PrepareConfig, encode_latents, prepare
+    from distill.synthworld import synth_dataset
+    from distill.toy import ToyConfig, face_frames, save_toy, train_teacher, train_vae
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = ToyConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed)
+    t0 = time.time()
+    src = args.work / "src"
+    if not (src / f"clip_{args.clips - 1:05d}.mp4").is_file():
+        synth_dataset(src, clips=args.clips, resolution=256, seconds=args.seconds, seed=args.seed, workers=args.workers)
+    report = prepare(src, args.work, PrepareConfig(resolution=cfg.resolution, min_frames=cfg.num_frames,
+                                                  workers=args.workers))  # fmt: skip
+    print(report.summary(), flush=True)
+    vae = train_vae(face_frames(args.work), cfg, log=lambda m: print(m, flush=True))
+    encode_latents(args.work, vae)
+    dataset = ClipDataset(args.work, num_frames=cfg.num_frames, stride=cfg.num_frames // 2, latents=True, pixels=False)
+    unet = train_teacher(dataset, cfg, log=lambda m: print(m, flush=True))
+    minutes = (time.time() - t0) / 60
+    out = save_toy(args.out, unet, vae, cfg, command, extra={"train_minutes": round(minutes, 1),
+                                                            "clips": args.clips, "seconds": args.seconds})  # fmt: skip
+    print(json.dumps({"out": str(out), "minutes": round(minutes, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
