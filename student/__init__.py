@@ -1,1 +1,40 @@
-"""student package."""
+"""The few-step student: teacher-initialised U-Net + guidance embedding (optional LoRA), the
+consistency parameterisation (boundary scalings, DDIM solver grid) and the LCM sampler.
+
+Names are imported lazily so that ``import student`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "StudentUNet": "student.model",
+    "GuidanceEmbedding": "student.model",
+    "DEFAULT_LORA_TARGETS": "student.model",
+    "guidance_sinusoid": "student.model",
+    "student_state_for_export": "student.model",
+    "boundary_scalings": "student.consistency",
+    "consistency_x0": "student.consistency",
+    "add_noise": "student.consistency",
+    "solver_timesteps": "student.consistency",
+    "solver_pairs": "student.consistency",
+    "lcm_timesteps": "student.sampler",
+    "sample_lcm": "student.sampler",
+    "video_noise": "student.sampler",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'student' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,270 @@
+"""One latent consistency distillation (LCD) step as a function, plus the target network's update.
+
+LCM (Luo et al. 2023) Algorithm 1 with the teacher's guided DDIM solver, as diffusers' LCD
+script does it, for LatentSync's video U-Net:
+
+    n ~ U{0, ..., N-1};  t = t_{n+k} (solver grid 19, 39, ..., 999),  s = t_n = max(t - k, 0)
+    x_t  = sqrt(alpha_bar_t) x0_real + sqrt(1 - alpha_bar_t) eps          eps from ``noise`` mode
+    w    ~ U[w_min, w_max]                                                guidance scale s of LatentSync
+    x_s  = DDIM(x_t -> s, eps_u + w (eps_c - eps_u))                      frozen teacher, 2B batch
+    L    = d(f_student(x_t, t, w), f_target(x_s, s, w))                   d = pseudo-Huber or L2
+    loss = mean_B(L + sum_j weight_j * aux_j(x0_student, batch))
+
+No accelerate, DeepSpeed or optimizer here: the recipe wraps this function.
+
+Config keys (``cfg``, a mapping or DictConfig; missing keys take ``DEFAULTS``):
+    num_train_timesteps, num_ddim_timesteps   solver grid (1000, 50 -> k = 20)
+    noise, mixed_noise_alpha                   structure of eps over frames (see ``DEFAULT_NOISE``)
+    w_min, w_max                               guidance-scale range, around the official 1.5
+    loss, huber_c                              "huber" (pseudo-Huber, c = 0.001) or "l2"
+    sigma_data, timestep_scaling               boundary scalings (0.5, 10)
+    recon: {kind, mouth_weight}                the built-in real-data reconstruction term
+    weights: {name: weight}                    one weight per auxiliary term ("recon" included)
+    target, ema_decay                          ``make_target`` / ``ema_update``
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from student.consistency import add_noise, consistency_x0, solver_pairs
+from student.sampler import video_noise
+from teacher.sampler import alphas_cumprod as official_alphas_cumprod
+from teacher.sampler import ddim_step, guided_eps
+
+Batch = Mapping[str, torch.Tensor]
+AuxLoss = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+# Default noise for x_t: "mixed" (alpha 1), the teacher's own stage-2 training distribution.
+# Why: (1) LCD trusts the teacher's one-step DDIM target only where the teacher is accurate,
+# i.e. on inputs like those it was trained on -- mixed noise, frame correlation 0.5;
+# "shared" (correlation 1) is its inference regime but an edge of its training data, and
+# "per_frame" (correlation 0) is the other edge. (2) The student then faces exactly the
+# teacher's own train/inference gap when it is sampled from one repeated noise frame, a gap
+# known to work for the teacher. (3) Mixed noise contains both components, so the student
+# learns to remove frame-shared and per-frame noise alike, whichever the sampler re-noises
+# with. "shared" is the obvious alternative (inference-matched): measure both.
+DEFAULT_NOISE = "mixed"
+
+DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "num_ddim_timesteps": 50,
+    "noise": DEFAULT_NOISE,
+    "mixed_noise_alpha": 1.0,
+    "w_min": 1.0,
+    "w_max": 2.0,
+    "loss": "huber",
+    "huber_c": 0.001,
+    "sigma_data": 0.5,
+    "timestep_scaling": 10.0,
+    "recon": {"kind": "mse", "mouth_weight": 1.0},
+    "weights": {"recon": 0.0},
+    "target": "auto",
+    "ema_decay": 0.95,
+}
+
+
+def _opt(cfg: Mapping[str, Any] | None, key: str) -> Any:
+    return DEFAULTS[key] if cfg is None else cfg.get(key, DEFAULTS[key])
+
+
+# --------------------------------------------------------------------------- losses, [B] each
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float = 0.001) -> torch.Tensor:
+    """mean over non-batch dims of sqrt((a - b)^2 + c^2) - c   (Song & Dhariwal 2023, eq. 6); [B].
+
+    Evaluated as d^2 / (sqrt(d^2 + c^2) + c), the same value without float32 cancellation for |d| << c.
+    """
+    d2 = (a.float() - b.float()) ** 2
+    return (d2 / (torch.sqrt(d2 + c**2) + c)).flatten(1).mean(1)
+
+
+def l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean over non-batch dims of (a - b)^2; [B]."""
+    return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+
+
+class ReconLoss:
+    """Real-data supervision of the student's x0: weighted mean of |x0 - latents|^p over C, F, h, w; [B].
+
+    kind: "mse" (p = 2) or "l1" (p = 1). mouth_weight: weight of the generated region (mask == 0,
+    the mouth) relative to the kept region (mask == 1); 1 = uniform.
+    """
+
+    def __init__(self, kind: str = "mse", mouth_weight: float = 1.0):
+        if kind not in ("mse", "l1"):
+            raise ValueError(f"recon kind must be 'mse' or 'l1', got {kind!r}")
+        self.p = 2 if kind == "mse" else 1
+        self.mouth_weight = float(mouth_weight)
+
+    def __call__(self, x0: torch.Tensor, batch: Batch) -> torch.Tensor:
+        err = (x0.float() - batch["latents"].float()).abs() ** self.p  # [B, 4, F, h, w]
+        mouth = 1.0 - batch["mask"].float()  # [B, 1, F, h, w], 1 inside the mouth
+        weight = (1.0 + (self.mouth_weight - 1.0) * mouth).expand_as(err)
+        return (weight * err).flatten(1).sum(1) / weight.flatten(1).sum(1)
+
+
+def consistency_loss(cfg: Mapping[str, Any] | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The distance d(a, b) -> [B] named by ``cfg.loss``."""
+    name = _opt(cfg, "loss")
+    if name == "huber":
+        c = float(_opt(cfg, "huber_c"))
+        return lambda a, b: pseudo_huber(a, b, c)
+    if name == "l2":
+        return l2
+    raise ValueError(f"loss must be 'huber' or 'l2', got {name!r}")
+
+
+# --------------------------------------------------------------------------- pieces of the step
+def sample_guidance(
+    batch_size: int, w_min: float, w_max: float, generator: torch.Generator | None = None, device="cpu"
+) -> torch.Tensor:
+    """w ~ U[w_min, w_max], float32 [B] on ``device`` (the generator's device when one is given)."""
+    return w_min + (w_max - w_min) * torch.rand(batch_size, generator=generator, device=device)
+
+
+def teacher_solver_step(
+    teacher: nn.Module,
+    x_t: torch.Tensor,
+    cond: torch.Tensor,
+    audio_embeds: torch.Tensor,
+    t: torch.Tensor,
+    s: torch.Tensor,
+    w: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+) -> torch.Tensor:
+    """One guided DDIM step of the frozen teacher, x_t -> x_s, no gradient.
+
+    x_t [B, 4, F, h, w], cond = cat([mask, masked, ref]) [B, 9, F, h, w], audio [B, F, 50, 384],
+    t, s [B] timesteps, w [B]. One 2B call: unconditional half (all-zero audio) first.
+    """
+    with torch.no_grad():
+        sample = torch.cat([x_t, cond], dim=1).repeat(2, 1, 1, 1, 1)
+        audio = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])
+        eps_uncond, eps_cond = teacher(sample, torch.cat([t, t]), audio).chunk(2)
+        eps = guided_eps(eps_uncond, eps_cond, w.to(x_t.dtype).view(-1, 1, 1, 1, 1))
+        a_t = alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+        a_s = alphas_cumprod[s].view(-1, 1, 1, 1, 1)
+        return ddim_step(eps, x_t, a_t, a_s)
+
+
+def _aux_terms(
+    x0: torch.Tensor, batch: Batch, cfg: Mapping[str, Any] | None, aux_losses: Mapping[str, AuxLoss] | None
+) -> dict[str, tuple[float, torch.Tensor]]:
+    """{name: (weight, value [B])} for the built-in ``recon`` and every given auxiliary loss."""
+    weights = dict(DEFAULTS["weights"], **dict(_opt(cfg, "weights") or {}))
+    recon_cfg = dict(DEFAULTS["recon"], **dict(_opt(cfg, "recon") or {}))
+    losses: dict[str, AuxLoss] = {"recon": ReconLoss(**recon_cfg), **dict(aux_losses or {})}
+    terms = {}
+    for name, fn in losses.items():
+        if name not in weights:
+            raise KeyError(f"auxiliary loss {name!r} has no weight in cfg.weights")
+        weight = float(weights[name])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):  # weight 0: reported only
+            value = fn(x0, batch)
+        if value.shape != (x0.shape[0],):
+            raise ValueError(f"auxiliary loss {name!r} must return one value per sample [B], got {tuple(value.shape)}")
+        terms[name] = (weight, value.float())
+    return terms
+
+
+# --------------------------------------------------------------------------- the step
+def distill_step(
+    student: nn.Module,
+    target: nn.Module,
+    teacher: nn.Module,
+    batch: Batch,
+    cfg: Mapping[str, Any] | None = None,
+    aux_losses: Mapping[str, AuxLoss] | None = None,
+    generator: torch.Generator | None = None,
+    alphas_cumprod: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The LCD loss on one batch; the caller runs backward and the optimizer, then ``ema_update``.
+
+    Args:
+        student: ``student(sample, t, audio, w) -> eps`` (trained; gradients flow).
+        target: same call; EMA of the student, or the student itself (LoRA); run under no_grad.
+        teacher: ``teacher(sample, t, audio) -> eps``, frozen (``teacher.freeze``).
+        batch: ``latents`` [B, 4, F, h, w] clean VAE latents of the real frames, ``mask``
+            [B, 1, F, h, w] (1 = keep), ``masked_latents`` and ``ref_latents`` [B, 4, F, h, w],
+            ``audio_embeds`` [B, F, 50, 384].
+        cfg: see the module docstring. aux_losses: {name: fn(x0_student, batch) -> [B]}, each
+            weighted by ``cfg.weights[name]`` (weight 0: computed without gradient,
+            reported only). generator: draws n, eps and w (on the generator's device).
+        alphas_cumprod: alpha_bar [T] (default: the teacher's official schedule).
+
+    Returns:
+        ``loss`` (scalar, differentiable) and detached scalars: ``consistency``, one entry per
+        auxiliary term (``recon``, ...), ``t_mean`` and ``w_mean``.
+    """
+    if any(p.requires_grad for p in teacher.parameters()):
+        raise ValueError("the teacher must be frozen (teacher.freeze) before distillation")
+    latents = batch["latents"]
+    b, dev = latents.shape[0], latents.device
+    acp = (official_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).to(dev)
+    sd, scale = float(_opt(cfg, "sigma_data")), float(_opt(cfg, "timestep_scaling"))
+
+    # n ~ U{0..N-1}: t = t_{n+k}, s = t_n; x_t from the real latents
+    gdev = generator.device if generator is not None else dev  # random draws live on the generator's device
+    grid_t, grid_s = solver_pairs(int(_opt(cfg, "num_train_timesteps")), int(_opt(cfg, "num_ddim_timesteps")))
+    n = torch.randint(0, len(grid_t), (b,), generator=generator, device=gdev).cpu()
+    t, s = grid_t[n].to(dev), grid_s[n].to(dev)
+    eps = video_noise(latents.shape, _opt(cfg, "noise"), generator, float(_opt(cfg, "mixed_noise_alpha")), device=gdev)
+    x_t = add_noise(latents, eps.to(device=dev, dtype=latents.dtype), acp[t])
+    w = sample_guidance(b, float(_opt(cfg, "w_min")), float(_opt(cfg, "w_max")), generator, gdev).to(dev)
+    cond = torch.cat([batch["mask"], batch["masked_latents"], batch["ref_latents"]], dim=1).to(latents.dtype)
+    audio = batch["audio_embeds"]
+
+    # student: f(x_t, t, w), with gradient
+    x0_student = consistency_x0(student(torch.cat([x_t, cond], dim=1), t, audio, w), x_t, t, acp, sd, scale)
+
+    # teacher: x_t -> x_s (guided DDIM); target: f(x_s, s, w); no gradient
+    x_s = teacher_solver_step(teacher, x_t, cond, audio, t, s, w, acp)
+    with torch.no_grad():
+        x0_target = consistency_x0(target(torch.cat([x_s, cond], dim=1), s, audio, w), x_s, s, acp, sd, scale)
+
+    per_sample = consistency_loss(cfg)(x0_student, x0_target)  # [B]
+    out: dict[str, torch.Tensor] = {"consistency": per_sample.detach().mean()}
+    total = per_sample
+    for name, (weight, value) in _aux_terms(x0_student, batch, cfg, aux_losses).items():
+        out[name] = value.detach().mean()
+        if weight != 0.0:
+            total = total + weight * value
+    out["loss"] = total.mean()
+    out["t_mean"] = t.float().mean()
+    out["w_mean"] = w.mean()
+    return out
+
+
+# --------------------------------------------------------------------------- target network
+def make_target(student: nn.Module, cfg: Mapping[str, Any] | None = None) -> nn.Module:
+    """The target network named by ``cfg.target``: "ema" = a frozen deep copy of the student (full
+    training), "online" = the student itself, used under no_grad (LoRA, as diffusers' LCM-LoRA),
+    "auto" (default) = "online" for a LoRA student, else "ema".
+    """
+    kind = _opt(cfg, "target")
+    if kind == "auto":
+        kind = "online" if getattr(student, "has_lora", False) else "ema"
+    if kind == "online":
+        return student
+    if kind == "ema":
+        return copy.deepcopy(student).requires_grad_(False)
+    raise ValueError(f"target must be 'auto', 'ema' or 'online', got {kind!r}")
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, student: nn.Module, decay: float) -> None:
+    """theta_target <- decay * theta_target + (1 - decay) * theta_student, for every parameter
+    (LCM eq. 10; decay 0.95 in LCD). A no-op when the target is the student (online target).
+    """
+    if target is student:
+        return
+    t_params, s_params = dict(target.named_parameters()), dict(student.named_parameters())
+    if t_params.keys() != s_params.keys():
+        raise ValueError("target and student have different parameters")
+    for name, p in t_params.items():
+        p.lerp_(s_params[name].detach().to(p.dtype), 1.0 - decay)

@@ -1,0 +1,113 @@
+"""Few-step consistency sampling (LCM multistep, Luo et al. 2023, Algorithm 3) as pure functions.
+
+One student call per step and no classifier-free guidance branch: guidance is folded into the
+student through its w input. Timesteps and the step rule follow diffusers' ``LCMScheduler``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from student.consistency import add_noise, consistency_x0, solver_timesteps
+from teacher.sampler import alphas_cumprod as official_alphas_cumprod
+
+NOISE_MODES = ("shared", "per_frame", "mixed")
+
+
+def video_noise(
+    shape: Sequence[int],
+    mode: str = "per_frame",
+    generator: torch.Generator | None = None,
+    mixed_alpha: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Unit-variance Gaussian noise [B, C, F, h, w] with a chosen structure over frames F:
+
+        per_frame: independent per frame (plain LCM / DDPM)
+        shared:    one noise frame repeated over F (LatentSync's inference noise)
+        mixed:     sqrt(a^2 / (1 + a^2)) * shared + sqrt(1 / (1 + a^2)) * per_frame, a = mixed_alpha
+                   (PYoCo mixed noise, Ge et al. 2023 eq. 4; LatentSync stage 2 uses a = 1, i.e.
+                   frame-to-frame correlation a^2 / (1 + a^2) = 0.5)
+    """
+    b, c, f, h, w = shape
+    kw = dict(generator=generator, dtype=dtype, device=device)
+    if mode == "per_frame":
+        return torch.randn((b, c, f, h, w), **kw)
+    if mode == "shared":
+        return torch.randn((b, c, 1, h, w), **kw).repeat(1, 1, f, 1, 1)
+    if mode == "mixed":
+        shared = torch.randn((b, c, 1, h, w), **kw)
+        individual = torch.randn((b, c, f, h, w), **kw)
+        a2 = mixed_alpha**2
+        return (a2 / (1 + a2)) ** 0.5 * shared + (1 / (1 + a2)) ** 0.5 * individual
+    raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
+
+
+def lcm_timesteps(num_steps: int, original_steps: int = 50, num_train: int = 1000) -> torch.Tensor:
+    """Descending LongTensor [num_steps], as ``LCMScheduler.set_timesteps(num_steps)``:
+
+    the solver grid reversed (999, 979, ..., 19), taken at indices floor(i * N_orig / num_steps).
+    1 step: [999]; 2: [999, 499]; 4: [999, 759, 499, 259].
+    """
+    if not 1 <= num_steps <= original_steps:
+        raise ValueError(f"num_steps must be in [1, {original_steps}], got {num_steps}")
+    grid = solver_timesteps(num_train, original_steps).flip(0)
+    idx = np.floor(np.linspace(0, len(grid), num=num_steps, endpoint=False)).astype(np.int64)
+    return grid[torch.from_numpy(idx)]
+
+
+def _check_inputs(noise, mask, masked_latents, ref_latents, audio_embeds) -> None:
+    b, _, f, h, w = noise.shape
+    for name, x, c in (("mask", mask, 1), ("masked_latents", masked_latents, 4), ("ref_latents", ref_latents, 4)):
+        if tuple(x.shape) != (b, c, f, h, w):
+            raise ValueError(f"{name} must have shape {(b, c, f, h, w)}, got {tuple(x.shape)}")
+    if tuple(audio_embeds.shape[:2]) != (b, f):
+        raise ValueError(f"audio_embeds must be [{b}, {f}, S, D], got {tuple(audio_embeds.shape)}")
+
+
+def sample_lcm(
+    student: Callable[..., torch.Tensor],
+    timesteps: Sequence[int] | torch.Tensor,
+    noise: torch.Tensor,
+    mask: torch.Tensor,
+    masked_latents: torch.Tensor,
+    ref_latents: torch.Tensor,
+    audio_embeds: torch.Tensor,
+    w: float | torch.Tensor = 1.5,
+    alphas_cumprod: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    renoise: str = "per_frame",
+    mixed_alpha: float = 1.0,
+) -> torch.Tensor:
+    """LCM multistep sampling from x_{t_0} = ``noise``; returns x0 latents [B, 4, F, h, w].
+
+    Args:
+        student: ``student(sample, t, audio_embeds, w) -> eps`` with sample = cat([x_t, mask,
+            masked_latents, ref_latents], 1) [B, 13, F, h, w] and t a 0-d LongTensor.
+        timesteps: descending train timesteps, e.g. ``lcm_timesteps(4)`` = [999, 759, 499, 259].
+        noise, masked_latents, ref_latents: [B, 4, F, h, w]; mask [B, 1, F, h, w] (1 = keep).
+        audio_embeds: [B, F, 50, 384]. w: guidance scale s fed to the student (float or [B]).
+        alphas_cumprod: alpha_bar [T] (default: the teacher's official schedule).
+        generator: draws the fresh noise z of each re-noising step.
+        renoise: structure of z over frames (``video_noise`` modes). "per_frame" is LCMScheduler's
+            rule exactly; use the mode the student was distilled with when it differs.
+
+    At step i: x0 = consistency_x0(student(x_{t_i}), x_{t_i}, t_i); unless i is the last step,
+    x_{t_{i+1}} = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) z at t_{i+1} (LCM Algorithm 3).
+    """
+    _check_inputs(noise, mask, masked_latents, ref_latents, audio_embeds)
+    ts = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1)
+    acp = official_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+    cond = torch.cat([mask, masked_latents, ref_latents], dim=1).to(noise.dtype)  # [B, 9, F, h, w]
+    x_t, x0 = noise, noise
+    for i, t in enumerate(ts):
+        eps = student(torch.cat([x_t, cond], dim=1), t.to(noise.device), audio_embeds, w)
+        x0 = consistency_x0(eps, x_t, t, acp)
+        if i + 1 < len(ts):
+            z = video_noise(x0.shape, renoise, generator, mixed_alpha, dtype=x0.dtype, device=x0.device)
+            x_t = add_noise(x0, z, acp[ts[i + 1]])
+    return x0

@@ -1,0 +1,232 @@
+"""The LCD step: gradients only where they belong, the teacher's guided DDIM target, noise modes,
+loss closed forms, auxiliary terms, the EMA target, and a tiny run whose loss goes down."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from distill.step import (
+    ReconLoss,
+    distill_step,
+    ema_update,
+    l2,
+    make_target,
+    pseudo_huber,
+)
+from student.model import StudentUNet
+from teacher.sampler import alphas_cumprod
+from tests.student import B, rel_err, tiny_batch, tiny_teacher
+
+CFG = {"weights": {"recon": 0.5}, "recon": {"kind": "mse", "mouth_weight": 4.0}}
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return tiny_teacher()
+
+
+@pytest.fixture()
+def student(teacher):
+    return StudentUNet.from_teacher(teacher)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return tiny_batch()
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class Spy:
+    """Records (args, output) of every forward call of a module."""
+
+    def __init__(self, module):
+        self.calls = []
+        self._pending = None
+        self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+    def _pre(self, module, args):
+        self._pending = [a.detach().clone() if torch.is_tensor(a) else a for a in args]
+
+    def _post(self, module, args, output):
+        self.calls.append((self._pending, output.detach().clone()))
+
+
+# ------------------------------------------------------------------ gradients
+def test_finite_loss_and_gradients_only_on_the_student(teacher, student, batch):
+    target = make_target(student, {})
+    assert target is not student and not any(p.requires_grad for p in target.parameters())
+    out = distill_step(student, target, teacher, batch, OmegaConf.create(CFG), generator=_gen())
+    assert set(out) == {"loss", "consistency", "recon", "t_mean", "w_mean"}
+    assert out["loss"].requires_grad and torch.isfinite(out["loss"])
+    assert all(not v.requires_grad for k, v in out.items() if k != "loss")
+    assert 19 <= out["t_mean"].item() <= 999 and 1.0 <= out["w_mean"].item() <= 2.0
+    out["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None for p in target.parameters())
+    missing = [n for n, p in student.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert student.guidance_embedding.linear.weight.grad.abs().sum() > 0
+
+
+def test_lora_student_with_online_target(teacher, batch):
+    student = StudentUNet.from_teacher(teacher, lora={"rank": 4})
+    target = make_target(student, {"target": "auto"})
+    assert target is student
+    out = distill_step(student, target, teacher, batch, CFG, generator=_gen())
+    out["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    for name, p in student.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, name
+        assert p.requires_grad == ("lora_" in name or name.startswith("guidance_embedding.")), name
+
+
+def test_unfrozen_teacher_is_refused(student, batch):
+    loose = tiny_teacher().requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen"):
+        distill_step(student, student, loose, batch, CFG)
+
+
+# ------------------------------------------------------------------ what the networks receive
+def test_teacher_guided_ddim_target(teacher, student, batch):
+    """Unconditional half gets zero audio; the target's x_s is one hand-computed guided DDIM step."""
+    target = make_target(student, {})
+    spies = {name: Spy(m) for name, m in (("teacher", teacher), ("student", student), ("target", target))}
+    distill_step(student, target, teacher, batch, {"noise": "per_frame"}, generator=_gen(1))
+    for spy in spies.values():
+        spy.remove()
+    assert len(spies["teacher"].calls) == 1  # one 2B call
+    [(t_args, _)] = spies["teacher"].calls
+    assert len(spies["student"].calls) == len(spies["target"].calls) == 1
+    (s_args, _), (g_args, _) = spies["student"].calls[0], spies["target"].calls[0]
+    sample2, t2, audio2 = t_args
+    assert sample2.shape[0] == 2 * B
+    assert torch.all(audio2[:B] == 0) and torch.equal(audio2[B:], batch["audio_embeds"])
+    assert torch.equal(sample2[:B], sample2[B:]) and torch.equal(t2[:B], t2[B:])
+    x_t, t, w = s_args[0][:, :4], s_args[1], s_args[3]
+    assert torch.equal(sample2[:B], s_args[0]) and torch.equal(t2[:B], t)  # same x_t, t as the student
+    assert torch.equal(g_args[3], w) and torch.all((w >= 1.0) & (w <= 2.0))  # target and teacher use the same w
+    assert torch.equal(s_args[0][:, 4:], g_args[0][:, 4:])  # same conditioning
+    assert set(t.tolist()) <= set(range(19, 1000, 20))
+    s = g_args[1]
+    assert torch.equal(s, (t - 20).clamp(min=0))
+
+    acp = alphas_cumprod().double()
+    for i in range(B):
+        with torch.no_grad():  # separate, unbatched teacher calls
+            e_u = teacher(s_args[0][i : i + 1], t[i : i + 1], torch.zeros_like(batch["audio_embeds"][i : i + 1]))
+            e_c = teacher(s_args[0][i : i + 1], t[i : i + 1], batch["audio_embeds"][i : i + 1])
+        eps = (e_u + w[i] * (e_c - e_u)).double()
+        a_t, a_s = acp[t[i]], acp[s[i]]
+        x0 = (x_t[i : i + 1].double() - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+        assert rel_err(g_args[0][i : i + 1, :4].double(), x_s) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_frame", "mixed"])
+def test_noise_modes_inside_the_step(teacher, student, mode):
+    """eps recovered from x_t = sqrt(ab) x0 + sqrt(1 - ab) eps has the mode's structure over frames."""
+    batch = tiny_batch(b=8, f=3, hw=8)
+    spy = Spy(student)
+    distill_step(student, student, teacher, batch, {"noise": mode}, generator=_gen(2))
+    args = spy.calls[0][0]  # the student's call (the online target's call comes second)
+    x_t, t = args[0][:, :4].double(), args[1]
+    ab = alphas_cumprod().double()[t].view(-1, 1, 1, 1, 1)
+    eps = (x_t - ab.sqrt() * batch["latents"].double()) / (1 - ab).sqrt()
+    same = torch.allclose(eps[:, :, 0], eps[:, :, 1], atol=1e-4) and torch.allclose(eps[:, :, 1], eps[:, :, 2],
+                                                                                    atol=1e-4)  # fmt: skip
+    assert same == (mode == "shared")
+    corr = torch.corrcoef(torch.stack([eps[:, :, 0].flatten(), eps[:, :, 2].flatten()]))[0, 1].item()
+    assert corr == pytest.approx({"shared": 1.0, "per_frame": 0.0, "mixed": 0.5}[mode], abs=0.1)
+
+
+# ------------------------------------------------------------------ losses
+def test_pseudo_huber_and_l2_closed_form():
+    a = torch.zeros(2, 1, 1, 2, 2)
+    b = torch.zeros(2, 1, 1, 2, 2)
+    b[0] = 3.0  # d = 3 everywhere in sample 0, 0 in sample 1
+    out = pseudo_huber(a, b, c=4.0)
+    assert out.shape == (2,)
+    torch.testing.assert_close(out, torch.tensor([math.sqrt(9 + 16) - 4.0, 0.0]))
+    assert pseudo_huber(a, b).tolist()[0] == pytest.approx(3.0, abs=1e-3)  # ~|d| for small c
+    assert pseudo_huber(a, b * 1e-4, c=1.0)[0].item() == pytest.approx(0.5 * (3e-4) ** 2, rel=1e-3)  # ~d^2/(2c)
+    torch.testing.assert_close(l2(a, b), torch.tensor([9.0, 0.0]))
+
+
+def test_recon_loss_mouth_weight_closed_form():
+    latents = torch.zeros(1, 4, 1, 2, 2)
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 1, 2, 2)  # lower row = mouth
+    x0 = torch.zeros(1, 4, 1, 2, 2)
+    x0[..., 1, :] = 2.0  # error only inside the mouth
+    batch = {"latents": latents, "mask": mask}
+    assert ReconLoss("mse")(x0, batch).item() == pytest.approx(4.0 * 2 / 4)  # uniform mean
+    assert ReconLoss("mse", mouth_weight=3.0)(x0, batch).item() == pytest.approx(3 * 4.0 * 2 / (2 + 3 * 2))
+    assert ReconLoss("l1", mouth_weight=3.0)(x0, batch).item() == pytest.approx(3 * 2.0 * 2 / (2 + 3 * 2))
+    with pytest.raises(ValueError):
+        ReconLoss("huber")
+
+
+def test_auxiliary_losses_are_weighted_and_checked(teacher, student, batch):
+    cfg = {"loss": "l2", "weights": {"recon": 0.0, "sync": 0.5}}
+    aux = {"sync": lambda x0, b: torch.tensor([1.0, 3.0])}
+    plain = distill_step(student, student, teacher, batch, {"loss": "l2"}, generator=_gen(4))
+    with_aux = distill_step(student, student, teacher, batch, cfg, aux_losses=aux, generator=_gen(4))
+    assert with_aux["sync"].item() == 2.0
+    torch.testing.assert_close(with_aux["consistency"], plain["consistency"])
+    torch.testing.assert_close(with_aux["loss"], plain["loss"] + 0.5 * 2.0)
+    recon = distill_step(student, student, teacher, batch, {"loss": "l2", "weights": {"recon": 2.0}},
+                         generator=_gen(4))  # fmt: skip
+    torch.testing.assert_close(recon["loss"], plain["loss"] + 2.0 * plain["recon"])
+    with pytest.raises(KeyError, match="no weight"):
+        distill_step(student, student, teacher, batch, {}, aux_losses=aux, generator=_gen(4))
+    bad = {"sync": lambda x0, b: torch.tensor(1.0)}
+    with pytest.raises(ValueError, match="one value per sample"):
+        distill_step(student, student, teacher, batch, cfg, aux_losses=bad, generator=_gen(4))
+
+
+# ------------------------------------------------------------------ target network
+def test_ema_update_closed_form(teacher, student):
+    target = make_target(student, {"target": "ema"})
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.1)
+    name = "guidance_embedding.linear.bias"
+    before_t = dict(target.named_parameters())[name].clone()
+    s_val = dict(student.named_parameters())[name].clone()
+    ema_update(target, student, decay=0.9)
+    torch.testing.assert_close(dict(target.named_parameters())[name], 0.9 * before_t + 0.1 * s_val)
+    ema_update(target, student, decay=0.0)
+    t_state, s_state = target.state_dict(), student.state_dict()
+    assert all(torch.equal(t_state[k], s_state[k]) for k in s_state)
+    ema_update(student, student, decay=0.5)  # online target: a no-op
+    assert all(torch.equal(v, s_state[k]) for k, v in student.state_dict().items())
+    with pytest.raises(ValueError):
+        make_target(student, {"target": "swa"})
+
+
+# ------------------------------------------------------------------ a tiny run
+def test_tiny_run_reduces_the_consistency_loss(teacher, batch):
+    """Eight Adam steps with an EMA target on one fixed draw: the consistency loss falls."""
+    student = StudentUNet.from_teacher(teacher)
+    target = make_target(student, {})
+    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=3e-5)
+    losses = []
+    for _ in range(8):
+        out = distill_step(student, target, teacher, batch, {"noise": "mixed"}, generator=_gen(5))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        ema_update(target, student, decay=0.95)
+        losses.append(out["consistency"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0], losses  # measured: 0.036 -> 0.009
