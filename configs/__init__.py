@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,12 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent
+REPO_DIR = CONFIG_DIR.parent
+if not OmegaConf.has_resolver("repo"):
+    # ${repo:assets/x} -> an absolute path inside the repository (committed assets such as the toy teacher)
+    with warnings.catch_warnings():  # omegaconf 2.4 renames it; 2.3 has only this name
+        warnings.simplefilter("ignore")
+        OmegaConf.register_new_resolver("repo", lambda rel: str(REPO_DIR / rel))
 _RESERVED = ("_target_", "_partial_", "_recursive_")
 _MISSING = object()
 

@@ -127,7 +127,7 @@ def teacher_model_config(cfg: ToyConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.create(model))
 
 
-def train_teacher(dataset, cfg: ToyConfig, log=print):
+def train_teacher(dataset, cfg: ToyConfig, log=print, on_checkpoint=None, checkpoint_every: int = 500):
     """Train the toy LatentSync U-Net on ``ClipDataset(latents=True)`` items (cached VAE posteriors)."""
     from teacher.sampler import alphas_cumprod
     from teacher.unet import LatentSyncUNet
@@ -160,6 +160,8 @@ def train_teacher(dataset, cfg: ToyConfig, log=print):
                 log(f"unet step {step}/{cfg.unet_steps} loss {ema:.4f} lr {sched.get_last_lr()[0]:.2e} "
                     f"({time.time() - t0:.0f} s)")  # fmt: skip
             step += 1
+            if on_checkpoint is not None and step % checkpoint_every == 0:
+                on_checkpoint(unet, step)
             if step >= cfg.unet_steps:
                 break
     return unet.eval()

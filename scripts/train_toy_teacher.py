@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     vae = train_vae(face_frames(args.work), cfg, log=lambda m: print(m, flush=True))
     encode_latents(args.work, vae)
     dataset = ClipDataset(args.work, num_frames=cfg.num_frames, stride=cfg.num_frames // 2, latents=True, pixels=False)
-    unet = train_teacher(dataset, cfg, log=lambda m: print(m, flush=True))
+
+    def snapshot(unet, step):  # a usable teacher survives an interrupted run
+        save_toy(args.out, unet, vae, cfg, command, extra={"unet_steps_done": step, "partial": True})
+
+    unet = train_teacher(dataset, cfg, log=lambda m: print(m, flush=True), on_checkpoint=snapshot)
     minutes = (time.time() - t0) / 60
     out = save_toy(args.out, unet, vae, cfg, command, extra={"train_minutes": round(minutes, 1),
                                                             "clips": args.clips, "seconds": args.seconds})  # fmt: skip

@@ -1,0 +1,160 @@
+"""Student vs teacher on held-out synthetic clips: quality, sync, sharpness and speed.
+
+For each held-out window (aligned 128 px faces, reference = the same frames, one noise frame
+repeated over the window, as LatentSync infers) every method starts from the same noise:
+
+    teacher_ddim_N  guided DDIM (s = 1.5, zero-audio unconditional branch); N = 1, 2, 4 with
+                    trailing spacing (t starts at 999), N = 20 with the official leading spacing
+    student_N       the consistency student on LCMScheduler's timesteps, w = 1.5
+
+Metrics (pixels in [0, 1], decoded and pasted like the pipeline: generated inside the mask,
+original outside):
+
+    mse_to_teacher20     MSE to teacher_ddim_20's output, over the generated (mask == 0) region
+    mse_to_ground_truth  MSE to the real frames over the same region
+    sync_score           Pearson correlation of measure_mouth(generated) with the true mouth opening,
+                         over all held-out frames
+    sharpness            mean squared Laplacian inside the mouth box, relative to the real frames
+    unet_ms_per_frame    U-Net passes only;  ms_per_frame  U-Net passes + VAE decode
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MOUTH_BOX = (0.22, 0.55, 0.78, 0.92)  # fraction of the aligned crop holding the mouth (x0, y0, x1, y1)
+
+
+@dataclass
+class Window:
+    frames: torch.Tensor  # [1, 3, F, R, R] in [-1, 1]
+    mask: torch.Tensor  # [1, 1, F, R, R] pixel mask, 1 = keep
+    mask_latent: torch.Tensor  # [1, 1, F, h, h]
+    masked_latents: torch.Tensor  # [1, 4, F, h, h]
+    ref_latents: torch.Tensor
+    audio_embeds: torch.Tensor  # [1, F, 50, 384]
+    noise: torch.Tensor  # [1, 4, F, h, h], one frame repeated
+    mouth_open: np.ndarray  # [F]
+
+
+def make_windows(dataset, vae, seed: int = 0, limit: int | None = None) -> list[Window]:
+    """Encode held-out ``ClipDataset(reference="same")`` items once (the VAE samples, as the pipeline)."""
+    from distill.toy import latent_mask
+
+    out = []
+    g = torch.Generator().manual_seed(seed)
+    for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
+        item = dataset[i]
+        frames, mask = item["frames"][None], item["mask"][None]
+        with torch.no_grad():
+            masked = vae.encode(frames * mask, generator=g)
+            ref = vae.encode(frames, generator=g)
+        h = masked.shape[-1]
+        noise = torch.randn(1, 4, 1, h, h, generator=g).expand(-1, -1, frames.shape[2], -1, -1).contiguous()
+        out.append(Window(frames, mask, latent_mask(mask, h), masked, ref, item["audio_embeds"][None], noise,
+                          item["mouth_open"].numpy()))  # fmt: skip
+    return out
+
+
+def teacher_method(unet, n: int, guidance: float = 1.5) -> Callable[[Window], torch.Tensor]:
+    from teacher.sampler import alphas_cumprod, ddim_timesteps, sample_ddim
+
+    spacing = "leading" if n == 20 else "trailing"
+    ts, acp = ddim_timesteps(n, spacing), alphas_cumprod()
+
+    def run(w: Window) -> torch.Tensor:
+        return sample_ddim(unet, ts, w.noise, w.mask_latent, w.masked_latents, w.ref_latents, w.audio_embeds,
+                           guidance_scale=guidance, alphas_cumprod=acp)  # fmt: skip
+
+    return run
+
+
+def student_method(student, n: int, w: float = 1.5, seed: int = 0) -> Callable[[Window], torch.Tensor]:
+    from student.sampler import lcm_timesteps, sample_lcm
+    from teacher.sampler import alphas_cumprod
+
+    ts, acp = lcm_timesteps(n), alphas_cumprod()
+
+    def run(win: Window) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return sample_lcm(student, ts, win.noise, win.mask_latent, win.masked_latents, win.ref_latents,
+                          win.audio_embeds, w=w, alphas_cumprod=acp, generator=g)  # fmt: skip
+
+    return run
+
+
+def decode_paste(vae, x0: torch.Tensor, w: Window) -> torch.Tensor:
+    """Latents -> pasted frames ``[F, R, R, 3]`` in [0, 1] (generated inside the mask only)."""
+    dec = vae.decode(x0.float()).clamp(-1, 1)
+    out = dec * (1 - w.mask) + w.frames * w.mask
+    return ((out[0].permute(1, 2, 3, 0) + 1) / 2).cpu()
+
+
+def laplacian_energy(frames: torch.Tensor, box=MOUTH_BOX) -> float:
+    """Mean squared Laplacian of the grey image inside ``box``; frames ``[F, R, R, 3]`` in [0, 1]."""
+    r = frames.shape[1]
+    x0, y0, x1, y1 = (int(round(v * r)) for v in box)
+    g = frames[:, y0:y1, x0:x1].mean(-1)
+    lap = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
+    return float(lap.square().mean())
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.std() < 1e-12 or b.std() < 1e-12:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference: str = "teacher_ddim_20") -> dict:
+    """Run every method on every window; returns {method: metrics} and keeps sample frames."""
+    from distill.synthworld import LOWER_HALF_REGION, measure_mouth
+
+    outputs: dict[str, list[torch.Tensor]] = {}
+    for name, run in methods.items():
+        with torch.no_grad():
+            outputs[name] = [decode_paste(vae, run(w), w) for w in windows]
+    truth = [((w.frames[0].permute(1, 2, 3, 0) + 1) / 2).cpu() for w in windows]
+    region = [(1 - w.mask[0, 0]).bool() for w in windows]  # [F, R, R] generated region
+    gt_open = np.concatenate([w.mouth_open for w in windows])
+    gt_sharp = np.mean([laplacian_energy(t) for t in truth])
+    results = {}
+    for name, outs in outputs.items():
+
+        def region_mse(a_list, b_list):
+            return float(np.mean([((a - b).square().mean(-1))[m].mean().item()
+                                  for a, b, m in zip(a_list, b_list, region)]))  # fmt: skip
+
+        measured = np.concatenate([measure_mouth((o.numpy() * 255).round().astype(np.uint8), region=LOWER_HALF_REGION)
+                                   for o in outs])  # fmt: skip
+        results[name] = {
+            "mse_to_teacher20": region_mse(outs, outputs[reference]) if reference in outputs else float("nan"),
+            "mse_to_ground_truth": region_mse(outs, truth),
+            "sync_score": pearson(measured, gt_open),
+            "sharpness": float(np.mean([laplacian_energy(o) for o in outs]) / gt_sharp),
+        }
+    results["_ground_truth"] = {"sync_score": pearson(np.concatenate(
+        [measure_mouth((t.numpy() * 255).round().astype(np.uint8), region=LOWER_HALF_REGION) for t in truth]), gt_open)}
+    return results, outputs, truth
+
+
+def time_method(run: Callable, vae, window: Window, repeats: int = 3) -> tuple[float, float]:
+    """(U-Net ms per frame, U-Net + decode ms per frame), best of ``repeats`` after one warm-up."""
+    frames = window.frames.shape[2]
+    with torch.no_grad():
+        run(window)
+        unet_t, total_t = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x0 = run(window)
+            t1 = time.perf_counter()
+            vae.decode(x0.float())
+            t2 = time.perf_counter()
+            unet_t.append(t1 - t0)
+            total_t.append(t2 - t0)
+    return 1000 * min(unet_t) / frames, 1000 * min(total_t) / frames
