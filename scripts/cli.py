@@ -57,6 +57,33 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    import configs
+    from distill.recipe import NonFiniteLossError, train
+
+    cfg = configs.load(args.config, args.overrides)
+    try:
+        run = train(cfg)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if run.acc.is_main_process:
+        print(f"distilled {run.state.step} steps into {run.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from distill.export import ExportError, export_run
+
+    try:
+        out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, onnx=args.onnx)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turbosync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whisper", default=None, help="tiny.pt or HF folder (default: the tiny preset's random one)")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("distill", help="distil the teacher into a few-step student (accelerate / DeepSpeed)")
+    p.add_argument("--config", default="distill/tiny", help="preset name (distill/tiny) or YAML path")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (run.max_steps=100 ...)")
+    p.set_defaults(func=_distill)
+
+    p = sub.add_parser("export", help="write a run's student as OUT_DIR/model.safetensors + config.json")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint directory (default: the latest)")
+    p.add_argument("--onnx", action="store_true", help="also export one U-Net step to OUT_DIR/student.onnx")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -23,6 +23,8 @@ _EXPORTS = {
     "lcm_timesteps": "student.sampler",
     "sample_lcm": "student.sampler",
     "video_noise": "student.sampler",
+    "load": "student.io",
+    "save": "student.io",
 }
 
 __all__ = sorted(_EXPORTS)
