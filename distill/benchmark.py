@@ -138,8 +138,14 @@ def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference
             "sync_score": pearson(measured, gt_open),
             "sharpness": float(np.mean([laplacian_energy(o) for o in outs]) / gt_sharp),
         }
-    results["_ground_truth"] = {"sync_score": pearson(np.concatenate(
-        [measure_mouth((t.numpy() * 255).round().astype(np.uint8), region=LOWER_HALF_REGION) for t in truth]), gt_open)}
+    results["_ground_truth"] = {
+        "sync_score": pearson(
+            np.concatenate(
+                [measure_mouth((t.numpy() * 255).round().astype(np.uint8), region=LOWER_HALF_REGION) for t in truth]
+            ),
+            gt_open,
+        )
+    }
     return results, outputs, truth
 
 

@@ -1,0 +1,128 @@
+"""Proof on the CPU: distill a student from the toy teacher, then compare it with the teacher.
+
+    python -m scripts.bench_distill [--distill-steps 600] [--student-dir DIR] [--clips 4] [--out runs/bench_distill]
+
+1. Distill (``turbosync distill --config distill/toy``) and export, unless ``--student-dir`` is given.
+2. Held-out synthetic clips (seeds disjoint from the toy teacher's training clips) -> aligned
+   128 px windows (reference = the same frames, one repeated noise frame, as LatentSync infers).
+3. teacher_ddim_{1,2,4} (trailing), teacher_ddim_20 (official leading) and student_{1,2,4} from
+   the same noise: mse_to_teacher20, mse_to_ground_truth, sync_score, sharpness,
+   unet_ms_per_frame, ms_per_frame (see ``distill.benchmark``).
+4. Writes OUT/bench.json and OUT/bench.png (charts and sample strips side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def distill_student(steps: int, run_dir: Path, extra: list[str]) -> Path:
+    from scripts.cli import main as cli
+
+    overrides = [f"run.max_steps={steps}", f"run.output_dir={run_dir}", "run.sample_every=100000", *extra]
+    if cli(["distill", "--config", "distill/toy", *overrides]) != 0:
+        raise SystemExit("distillation failed")
+    out = run_dir / "export"
+    if cli(["export", str(run_dir), str(out)]) != 0:
+        raise SystemExit("export failed")
+    return out
+
+
+def heldout(work: Path, clips: int, seconds: float, seed: int, num_frames: int):
+    from distill.data import ClipDataset, PrepareConfig, prepare
+    from distill.synthworld import synth_dataset
+
+    if not (work / "src" / f"clip_{clips - 1:05d}.mp4").is_file():
+        synth_dataset(work / "src", clips=clips, resolution=256, seconds=seconds, seed=seed)
+    prepare(work / "src", work, PrepareConfig(resolution=128, min_frames=num_frames))
+    return ClipDataset(work, num_frames=num_frames, reference="same", stride=num_frames)
+
+
+def plot(results: dict, outputs: dict, truth: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in results if not n.startswith("_")]
+    metrics = ["mse_to_teacher20", "mse_to_ground_truth", "sync_score", "sharpness", "unet_ms_per_frame"]
+    fig = plt.figure(figsize=(22, 9))
+    for i, m in enumerate(metrics):
+        ax = fig.add_subplot(2, len(metrics), i + 1)
+        vals = [results[n][m] for n in names]
+        ax.bar(range(len(names)), vals, color=["tab:blue" if n.startswith("teacher") else "tab:orange" for n in names])
+        ax.set_xticks(range(len(names)), [n.replace("teacher_ddim_", "T").replace("student_", "S") for n in names])
+        ax.set_title(m)
+        if m == "unet_ms_per_frame":
+            ax.set_yscale("log")
+    # sample strip: the mouth half of frame 0..3 of the first window, per method
+    rows = [("ground truth", truth[0])] + [(n, outputs[n][0]) for n in names]
+    strip = np.concatenate([np.concatenate(list(f[:4, 64:].numpy()), axis=1) for _, f in rows], axis=0)
+    ax = fig.add_subplot(2, 1, 2)
+    ax.imshow(np.clip(strip, 0, 1))
+    ax.set_yticks([64 * i + 32 for i in range(len(rows))], [r[0] for r in rows])
+    ax.set_xticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/bench_distill"))
+    p.add_argument("--student-dir", type=Path, default=None)
+    p.add_argument("--distill-steps", type=int, default=600)
+    p.add_argument("--distill-args", nargs="*", default=["optim.lr=1e-4", "optim.warmup_steps=20"])
+    p.add_argument("--clips", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=3.2)
+    p.add_argument("--heldout-seed", type=int, default=1000)
+    p.add_argument("--windows", type=int, default=None, help="limit the number of held-out windows")
+    args = p.parse_args(argv)
+
+    import configs
+    import student as student_pkg
+    from distill.benchmark import evaluate, make_windows, student_method, teacher_method, time_method
+    from teacher.loading import freeze
+
+    student_dir = args.student_dir or distill_student(args.distill_steps, args.out / "run", args.distill_args)
+    cfg = configs.load("teacher/toy")
+    unet = freeze(configs.instantiate(cfg.unet))
+    vae = freeze(configs.instantiate(cfg.vae))
+    stu = freeze(student_pkg.load(student_dir))
+    data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, int(cfg.data.num_frames))
+    windows = make_windows(data, vae, seed=0, limit=args.windows)
+    methods = {f"teacher_ddim_{n}": teacher_method(unet, n) for n in (1, 2, 4, 20)}
+    methods |= {f"student_{n}": student_method(stu, n) for n in (1, 2, 4)}
+    results, outputs, truth = evaluate(methods, windows, vae)
+    for name, run in methods.items():
+        unet_ms, total_ms = time_method(run, vae, windows[0])
+        results[name].update(unet_ms_per_frame=unet_ms, ms_per_frame=total_ms)
+    t20, s1 = results["teacher_ddim_20"], results["student_1"]
+    results["_ratios"] = {"teacher20_over_student1_unet_ms": t20["unet_ms_per_frame"] / s1["unet_ms_per_frame"],
+                          "teacher20_over_student1_ms": t20["ms_per_frame"] / s1["ms_per_frame"]}  # fmt: skip
+    results["_setup"] = {
+        "student_dir": str(student_dir),
+        "heldout_windows": len(windows),
+        "frames_per_window": int(cfg.data.num_frames),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "command": "python -m scripts.bench_distill "
+        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=1))
+    plot(results, outputs, truth, args.out / "bench.png")
+    keys = ["mse_to_teacher20", "mse_to_ground_truth", "sync_score", "sharpness", "unet_ms_per_frame", "ms_per_frame"]
+    print(f"{'method':16s}" + "".join(f"{k:>21s}" for k in keys))
+    for name in methods:
+        print(f"{name:16s}" + "".join(f"{results[name][k]:21.4f}" for k in keys))
+    print(json.dumps({k: v for k, v in results.items() if k.startswith("_")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
