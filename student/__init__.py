@@ -6,8 +6,7 @@ Names are imported lazily so that ``import student`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from teacher.lazy import lazy_exports
 
 _EXPORTS = {
     "StudentUNet": "student.model",
@@ -27,16 +26,4 @@ _EXPORTS = {
     "save": "student.io",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'student' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports("student", _EXPORTS, globals())

@@ -7,8 +7,7 @@ transformers import until a name that needs it is used).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from teacher.lazy import lazy_exports
 
 _EXPORTS = {
     "LatentSyncUNet": "teacher.unet",
@@ -29,16 +28,4 @@ _EXPORTS = {
     "AlignedFace": "teacher.face",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'teacher' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports("teacher", _EXPORTS, globals())
