@@ -20,12 +20,20 @@ def _fetch_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_teacher_preset() -> str:
+    """The trained toy teacher when its weights are in the repository, else the random tiny one."""
+    import configs
+
+    toy = configs.load("teacher/toy")
+    return "teacher/toy" if Path(toy.files.unet).is_file() else "teacher/tiny"
+
+
 def _teacher_demo(args: argparse.Namespace) -> int:
     import configs
     from scripts.demo_inputs import demo_clip
     from teacher.pipeline import run_teacher
 
-    cfg = configs.load(args.config, args.overrides)
+    cfg = configs.load(args.config or default_teacher_preset(), args.overrides)
     frames, audio = demo_clip(args.video, args.audio, seconds=args.seconds, seed=args.seed)
     report = run_teacher(cfg, frames, audio, args.out, steps=args.steps, seed=args.seed, device=args.device)
     print(report.summary())
@@ -61,7 +69,7 @@ def _distill(args: argparse.Namespace) -> int:
     import configs
     from distill.recipe import NonFiniteLossError, train
 
-    cfg = configs.load(args.config, args.overrides)
+    cfg = configs.load(args.config or default_teacher_preset(), args.overrides)
     try:
         run = train(cfg)
     except NonFiniteLossError as err:
@@ -97,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text in (
         ("teacher-demo", "run the teacher (guided DDIM) end to end and write an mp4"),
-        ("demo", "the main job on the embedded default (currently: the teacher demo on the tiny preset)"),
+        ("demo", "the main job on the embedded default (currently: the toy teacher on a synthetic clip)"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", default="teacher/tiny", help="preset name or YAML path")
+        p.add_argument("--config", default=None, help="preset name or YAML path (default: teacher/toy, else tiny)")
         p.add_argument("--out", default="outputs/teacher_demo.mp4", type=Path)
         p.add_argument("--video", default=None, help="face video (default: a synthetic talking-face clip)")
         p.add_argument("--audio", default=None, help="driving audio (default: the clip's own audio)")

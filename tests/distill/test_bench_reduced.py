@@ -46,4 +46,5 @@ def test_one_step_student_beats_one_step_teacher(tmp_path):
     }
     with torch.no_grad():
         results, _, _ = evaluate(methods, windows, vae)
+    print({name: round(r["mse_to_teacher20"], 5) for name, r in results.items() if not name.startswith("_")})
     assert results["student_1"]["mse_to_teacher20"] < results["teacher_ddim_1"]["mse_to_teacher20"]
