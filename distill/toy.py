@@ -117,6 +117,17 @@ def train_vae(frames: torch.Tensor, cfg: ToyConfig, log=print):
     return VideoVAE(vae.eval())
 
 
+@torch.no_grad()
+def calibrate_scaling(vae, frames: torch.Tensor, batch: int = 32):
+    """Set the latent scale to 1 / std of the posterior means, as Stable Diffusion chose 0.18215 for its
+    VAE, so the diffusion model sees unit-variance latents (a tiny VAE's raw latents have another scale)."""
+    means = [vae.vae.encode(frames[i : i + batch]).latent_dist.mean for i in range(0, len(frames), batch)]
+    scale = 1.0 / float(torch.cat(means).std())
+    vae.vae.register_to_config(scaling_factor=scale)
+    vae.scaling_factor = scale
+    return vae
+
+
 def teacher_model_config(cfg: ToyConfig) -> dict:
     import configs
 

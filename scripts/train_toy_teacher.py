@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-from", type=Path, default=None, help="reuse a trained toy VAE folder instead of fitting one")
     args = p.parse_args(argv)
     command = "python -m scripts.train_toy_teacher " + shlex.join(argv if argv is not None else sys.argv[1:])
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.data import ClipDataset, PrepareConfig, encode_latents, prepare
     from distill.synthworld import synth_dataset
-    from distill.toy import ToyConfig, face_frames, save_toy, train_teacher, train_vae
+    from distill.toy import ToyConfig, calibrate_scaling, face_frames, save_toy, train_teacher, train_vae
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = ToyConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed)
@@ -44,7 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     report = prepare(src, args.work, PrepareConfig(resolution=cfg.resolution, min_frames=cfg.num_frames,
                                                   workers=args.workers))  # fmt: skip
     print(report.summary(), flush=True)
-    vae = train_vae(face_frames(args.work), cfg, log=lambda m: print(m, flush=True))
+    frames = face_frames(args.work)
+    if args.vae_from is not None:
+        from teacher.vae import VideoVAE
+
+        vae = VideoVAE.from_pretrained(args.vae_from, torch_dtype=torch.float32)
+    else:
+        vae = train_vae(frames, cfg, log=lambda m: print(m, flush=True))
+    calibrate_scaling(vae, frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(0))[:512]])
+    print(f"latent scaling factor {vae.scaling_factor:.5f}", flush=True)
+    for cache in args.work.glob("shards/*/latents.npz"):  # re-encode with this VAE and scale
+        cache.unlink()
     encode_latents(args.work, vae)
     dataset = ClipDataset(args.work, num_frames=cfg.num_frames, stride=cfg.num_frames // 2, latents=True, pixels=False)
 
