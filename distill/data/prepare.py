@@ -264,11 +264,13 @@ def prepare(src_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prepare
     else:
         pool = ProcessPoolExecutor(cfg.workers, initializer=_init_worker, initargs=(cfg,))
         results = pool.map(_process, jobs)
+    skipped = 0
     try:
         for job, rec in zip(jobs, results):
             record_done(job[1], rec)
+            skipped += rec.status == "skipped"
             bar.update()
-            bar.set_postfix(skipped=sum(r.status == "skipped" for r in _records(out)))
+            bar.set_postfix(skipped=skipped)
     finally:
         bar.close()
         if cfg.workers > 1:
