@@ -54,23 +54,16 @@ class ToyConfig:
     unet_widths: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
 
 
-def mixed_noise(shape: tuple[int, ...], alpha: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """LatentSync stage-2 noise ``[B, C, F, H, W]``: a frame-shared part (std a/sqrt(1+a^2)) plus a
-    per-frame part (std 1/sqrt(1+a^2)); unit variance overall."""
-    b, c, f, h, w = shape
-    shared = torch.randn(b, c, 1, h, w, generator=generator).expand(shape)
-    own = torch.randn(shape, generator=generator)
-    return shared * (alpha**2 / (1 + alpha**2)) ** 0.5 + own * (1 / (1 + alpha**2)) ** 0.5
-
-
 def diffusion_loss(
     unet, batch: dict, alphas_cumprod: torch.Tensor, mouth_weight: float, alpha: float, generator=None
 ) -> torch.Tensor:
     """Epsilon-prediction MSE (LatentSync's recon loss) with the mouth region weighted up."""
+    from student.sampler import video_noise
+
     x0 = batch["latents"]
     b = x0.shape[0]
     t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator)
-    eps = mixed_noise(tuple(x0.shape), alpha, generator)
+    eps = video_noise(tuple(x0.shape), "mixed", generator, mixed_alpha=alpha)
     ab = alphas_cumprod[t].view(b, 1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     mask = batch["mask_latent"]  # [B, 1, F, h, w], 1 = keep
