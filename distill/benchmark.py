@@ -5,7 +5,8 @@ repeated over the window, as LatentSync infers) every method starts from the sam
 
     teacher_ddim_N  guided DDIM (s = 1.5, zero-audio unconditional branch); N = 1, 2, 4 with
                     trailing spacing (t starts at 999), N = 20 with the official leading spacing
-    student_N       the consistency student on LCMScheduler's timesteps, w = 1.5
+    student_N       the consistency student on LCMScheduler's timesteps, w = 1.5, re-noising as
+                    chosen (``sample_lcm``'s ``renoise``; the benchmark records which)
 
 Metrics (pixels in [0, 1], decoded and pasted like the pipeline: generated inside the mask,
 original outside):
@@ -74,7 +75,10 @@ def teacher_method(unet, n: int, guidance: float = 1.5) -> Callable[[Window], to
     return run
 
 
-def student_method(student, n: int, w: float = 1.5, seed: int = 0) -> Callable[[Window], torch.Tensor]:
+def student_method(
+    student, n: int, w: float = 1.5, seed: int = 0, renoise: str = "per_frame"
+) -> Callable[[Window], torch.Tensor]:
+    """The student on ``lcm_timesteps(n)``; ``renoise`` as in ``student.sampler.sample_lcm``."""
     from student.sampler import lcm_timesteps, sample_lcm
     from teacher.sampler import alphas_cumprod
 
@@ -83,7 +87,7 @@ def student_method(student, n: int, w: float = 1.5, seed: int = 0) -> Callable[[
     def run(win: Window) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return sample_lcm(student, ts, win.noise, win.mask_latent, win.masked_latents, win.ref_latents,
-                          win.audio_embeds, w=w, alphas_cumprod=acp, generator=g)  # fmt: skip
+                          win.audio_embeds, w=w, alphas_cumprod=acp, generator=g, renoise=renoise)  # fmt: skip
 
     return run
 

@@ -57,12 +57,13 @@ def plot(results: dict, outputs: dict, truth: list, path: Path) -> None:
         ax = fig.add_subplot(2, len(metrics), i + 1)
         vals = [results[n][m] for n in names]
         ax.bar(range(len(names)), vals, color=["tab:blue" if n.startswith("teacher") else "tab:orange" for n in names])
-        ax.set_xticks(range(len(names)), [n.replace("teacher_ddim_", "T").replace("student_", "S") for n in names])
+        ax.set_xticks(range(len(names)), [n.replace("teacher_ddim_", "T").replace("student_", "S") for n in names],
+                      rotation=90 if len(names) > 8 else 0)
         ax.set_title(m)
         if m == "unet_ms_per_frame":
             ax.set_yscale("log")
     # sample strip: the mouth half of frame 0..3 of the first window, per method
-    rows = [("ground truth", truth[0])] + [(n, outputs[n][0]) for n in names]
+    rows = [("ground truth", truth[0])] + [(n, outputs[n][0]) for n in names if "@" not in n]
     strip = np.concatenate([np.concatenate(list(f[:4, 64:].numpy()), axis=1) for _, f in rows], axis=0)
     ax = fig.add_subplot(2, 1, 2)
     ax.imshow(np.clip(strip, 0, 1))
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.2)
     p.add_argument("--heldout-seed", type=int, default=1000)
     p.add_argument("--windows", type=int, default=None, help="limit the number of held-out windows")
+    p.add_argument("--renoise", default="initial",
+                   help="re-noising of student_2/4 (sample_lcm): initial, ddim, per_frame, shared, mixed")
+    p.add_argument("--compare-renoise", nargs="*", default=["per_frame", "ddim"],
+                   help="also report student_N@MODE for these re-noising modes (N = 2, 4)")
     args = p.parse_args(argv)
 
     import configs
@@ -97,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, int(cfg.data.num_frames))
     windows = make_windows(data, vae, seed=0, limit=args.windows)
     methods = {f"teacher_ddim_{n}": teacher_method(unet, n) for n in (1, 2, 4, 20)}
-    methods |= {f"student_{n}": student_method(stu, n) for n in (1, 2, 4)}
+    methods |= {f"student_{n}": student_method(stu, n, renoise=args.renoise) for n in (1, 2, 4)}
+    extra = {f"student_{n}@{m}": student_method(stu, n, renoise=m)
+             for m in args.compare_renoise if m != args.renoise for n in (2, 4)}  # fmt: skip
+    methods |= extra
     results, outputs, truth = evaluate(methods, windows, vae)
     for name, run in methods.items():
         unet_ms, total_ms = time_method(run, vae, windows[0])
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                           "teacher20_over_student1_ms": t20["ms_per_frame"] / s1["ms_per_frame"]}  # fmt: skip
     results["_setup"] = {
         "student_dir": str(student_dir),
+        "student_renoise": args.renoise,
         "heldout_windows": len(windows),
         "frames_per_window": int(cfg.data.num_frames),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",

@@ -15,6 +15,7 @@ from student.consistency import add_noise, consistency_x0, solver_timesteps
 from teacher.sampler import alphas_cumprod as official_alphas_cumprod
 
 NOISE_MODES = ("shared", "per_frame", "mixed")
+DETERMINISTIC_RENOISE = ("initial", "ddim")
 
 
 def video_noise(
@@ -93,13 +94,24 @@ def sample_lcm(
         audio_embeds: [B, F, 50, 384]. w: guidance scale s fed to the student (float or [B]).
         alphas_cumprod: alpha_bar [T] (default: the teacher's official schedule).
         generator: draws the fresh noise z of each re-noising step.
-        renoise: structure of z over frames (``video_noise`` modes). "per_frame" is LCMScheduler's
-            rule exactly; use the mode the student was distilled with when it differs.
+        renoise: where the re-noising z comes from.
+            fresh noise, structured over frames like ``video_noise``: "per_frame" (LCMScheduler's
+                rule exactly), "shared", "mixed" (with ``mixed_alpha``);
+            deterministic (the output is a function of ``noise`` alone, like the teacher's DDIM):
+                "initial"  z = ``noise``, the starting noise re-used at every step (LatentSync
+                           infers from one fixed noise; re-noising with it keeps the student near
+                           the probability-flow trajectory that starts there);
+                "ddim"     z = the noise implied by the step's own prediction,
+                           (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t), i.e. an eta = 0
+                           DDIM jump on the student's x0 (equal to ``teacher.sampler.ddim_step``
+                           where the boundary scaling c_skip is 0).
 
     At step i: x0 = consistency_x0(student(x_{t_i}), x_{t_i}, t_i); unless i is the last step,
     x_{t_{i+1}} = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) z at t_{i+1} (LCM Algorithm 3).
     """
     _check_inputs(noise, mask, masked_latents, ref_latents, audio_embeds)
+    if renoise not in NOISE_MODES + DETERMINISTIC_RENOISE:
+        raise ValueError(f"renoise must be one of {NOISE_MODES + DETERMINISTIC_RENOISE}, got {renoise!r}")
     ts = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1)
     acp = official_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
     cond = torch.cat([mask, masked_latents, ref_latents], dim=1).to(noise.dtype)  # [B, 9, F, h, w]
@@ -108,6 +120,12 @@ def sample_lcm(
         eps = student(torch.cat([x_t, cond], dim=1), t.to(noise.device), audio_embeds, w)
         x0 = consistency_x0(eps, x_t, t, acp)
         if i + 1 < len(ts):
-            z = video_noise(x0.shape, renoise, generator, mixed_alpha, dtype=x0.dtype, device=x0.device)
+            if renoise == "initial":
+                z = noise
+            elif renoise == "ddim":
+                a_t = acp[t].to(x_t.device, torch.float64)
+                z = ((x_t.double() - a_t.sqrt() * x0.double()) / (1 - a_t).sqrt()).to(x0.dtype)
+            else:
+                z = video_noise(x0.shape, renoise, generator, mixed_alpha, dtype=x0.dtype, device=x0.device)
             x_t = add_noise(x0, z, acp[ts[i + 1]])
     return x0

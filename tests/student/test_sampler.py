@@ -181,3 +181,39 @@ def test_sample_lcm_renoise_structure_and_purity():
     assert not torch.equal(run("per_frame", seed=2), per_frame)
     with pytest.raises(ValueError, match="mask"):
         sample_lcm(fake, ts, noise, mask[:, :, :2], masked, ref, audio)
+
+
+def test_sample_lcm_deterministic_renoise_closed_forms():
+    """"initial" re-noises with the starting noise; "ddim" is an eta = 0 DDIM jump on the student's output."""
+    from teacher.sampler import ddim_step
+
+    g = torch.Generator().manual_seed(0)
+    b, f, hw = 2, 3, 4
+    noise, masked, ref = (torch.randn(b, 4, f, hw, hw, generator=g) for _ in range(3))
+    mask, audio = torch.ones(b, 1, f, hw, hw), torch.zeros(b, f, 50, 384)
+    eps_of = lambda x: torch.tanh(x) + 0.1 * x.roll(1, dims=-1)  # noqa: E731 (a frame-mixing fake model)
+    calls = []
+
+    def fake(sample, t, audio_embeds, w):
+        calls.append((sample[:, :4].clone(), int(t)))
+        return eps_of(sample[:, :4])
+
+    acp = alphas_cumprod()
+    ts = lcm_timesteps(2)  # [999, 499]
+    for mode in ("initial", "ddim"):
+        calls.clear()
+        with torch.no_grad():
+            sample_lcm(fake, ts, noise, mask, masked, ref, audio, renoise=mode, generator=torch.Generator())
+        x0 = consistency_x0(eps_of(noise), noise, ts[0], acp)
+        if mode == "initial":
+            expected = acp[499].sqrt() * x0 + (1 - acp[499]).sqrt() * noise
+        else:  # c_skip(999) ~ 2.5e-8: the DDIM step of the teacher's sampler
+            expected = ddim_step(eps_of(noise), noise, acp[999], acp[499])
+        assert [t for _, t in calls] == [999, 499]
+        assert rel_err(calls[1][0], expected.float()) < 1e-5, mode
+    # no generator involved: the same output for any seed
+    runs = [sample_lcm(fake, lcm_timesteps(4), noise, mask, masked, ref, audio, renoise="ddim",
+                       generator=torch.Generator().manual_seed(s)) for s in (1, 2)]  # fmt: skip
+    assert torch.equal(runs[0], runs[1])
+    with pytest.raises(ValueError, match="renoise"):
+        sample_lcm(fake, ts, noise, mask, masked, ref, audio, renoise="fresh")
