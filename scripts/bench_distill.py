@@ -7,7 +7,11 @@
    128 px windows (reference = the same frames, one repeated noise frame, as LatentSync infers).
 3. teacher_ddim_{1,2,4} (trailing), teacher_ddim_20 (official leading) and student_{1,2,4} from
    the same noise: mse_to_teacher20, mse_to_ground_truth, sync_score, sharpness,
-   unet_ms_per_frame, ms_per_frame (see ``distill.benchmark``).
+   unet_ms_per_frame, ms_per_frame (see ``distill.benchmark``). student_N re-noises with fresh
+   per-frame noise (LCMScheduler's rule; ``--renoise``); student_N@MODE rows repeat N = 2, 4 with
+   the other re-noising modes of ``student.sampler.sample_lcm``. teacher_ddim_50 (trailing, the
+   LCD solver's own 50-step grid) is the trajectory the student distils: its distance to
+   teacher_ddim_20 is the floor a perfectly distilled student would reach.
 4. Writes OUT/bench.json and OUT/bench.png (charts and sample strips side by side).
 """
 
@@ -83,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.2)
     p.add_argument("--heldout-seed", type=int, default=1000)
     p.add_argument("--windows", type=int, default=None, help="limit the number of held-out windows")
-    p.add_argument("--renoise", default="initial",
+    p.add_argument("--renoise", default="per_frame",
                    help="re-noising of student_2/4 (sample_lcm): initial, ddim, per_frame, shared, mixed")
-    p.add_argument("--compare-renoise", nargs="*", default=["per_frame", "ddim"],
+    p.add_argument("--compare-renoise", nargs="*", default=["shared", "initial", "ddim"],
                    help="also report student_N@MODE for these re-noising modes (N = 2, 4)")
     args = p.parse_args(argv)
 
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     stu = freeze(student_pkg.load(student_dir))
     data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, int(cfg.data.num_frames))
     windows = make_windows(data, vae, seed=0, limit=args.windows)
-    methods = {f"teacher_ddim_{n}": teacher_method(unet, n) for n in (1, 2, 4, 20)}
+    methods = {f"teacher_ddim_{n}": teacher_method(unet, n) for n in (1, 2, 4, 20, 50)}
     methods |= {f"student_{n}": student_method(stu, n, renoise=args.renoise) for n in (1, 2, 4)}
     extra = {f"student_{n}@{m}": student_method(stu, n, renoise=m)
              for m in args.compare_renoise if m != args.renoise for n in (2, 4)}  # fmt: skip

@@ -2,9 +2,10 @@
 real recipe, then check on a held-out clip that the 1-step student is closer to the 20-step guided
 teacher than the teacher's own 1-step DDIM is.
 
-The slowest test in CI (~13 min on 2 cores): the student needs about 400 LCD steps of batch 4 before it
-beats the teacher's 1-step DDIM (dev CPU: 0.0055 vs 0.0064; after 60 or 250 steps of batch 1-2 it was
-still worse: 0.0100 and 0.0080). TURBOSYNC_SKIP_SLOW=1 skips it for quick local runs."""
+The slowest test in CI (~14 min on 2 cores): the student needs about 400 LCD steps of batch 4 before it
+beats the teacher's 1-step DDIM (dev CPU, current toy teacher: 0.00396 vs 0.00427; with the earlier
+2500-step teacher 0.0055 vs 0.0064, and after 60 or 250 steps of batch 1-2 it was still worse: 0.0100
+and 0.0080). TURBOSYNC_SKIP_SLOW=1 skips it for quick local runs."""
 
 from __future__ import annotations
 
