@@ -1,6 +1,6 @@
 """Proof on the CPU: distill a student from the toy teacher, then compare it with the teacher.
 
-    python -m scripts.bench_distill [--distill-steps 600] [--student-dir DIR] [--clips 4] [--out runs/bench_distill]
+    python -m scripts.bench_distill [--distill-steps 1000] [--student-dir DIR] [--clips 4] [--out runs/bench_distill]
 
 1. Distill (``turbosync distill --config distill/toy``) and export, unless ``--student-dir`` is given.
 2. Held-out synthetic clips (seeds disjoint from the toy teacher's training clips) -> aligned
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench_distill"))
     p.add_argument("--student-dir", type=Path, default=None)
-    p.add_argument("--distill-steps", type=int, default=600)
+    p.add_argument("--distill-steps", type=int, default=1000)
     p.add_argument("--distill-args", nargs="*", default=["optim.lr=1e-4", "optim.warmup_steps=20"])
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--seconds", type=float, default=3.2)
