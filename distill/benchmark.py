@@ -62,14 +62,22 @@ def make_windows(dataset, vae, seed: int = 0, limit: int | None = None) -> list[
     return out
 
 
-def teacher_method(unet, n: int, guidance: float = 1.5) -> Callable[[Window], torch.Tensor]:
+def teacher_method(
+    unet, n: int, guidance: float = 1.5, noise_seed: int | None = None
+) -> Callable[[Window], torch.Tensor]:
+    """Guided DDIM, N = 20 leading (official), else trailing. ``noise_seed``: start from another noise
+    (one frame repeated, like the window's) drawn with that seed instead of the window's own."""
     from teacher.sampler import alphas_cumprod, ddim_timesteps, sample_ddim
 
     spacing = "leading" if n == 20 else "trailing"
     ts, acp = ddim_timesteps(n, spacing), alphas_cumprod()
 
     def run(w: Window) -> torch.Tensor:
-        return sample_ddim(unet, ts, w.noise, w.mask_latent, w.masked_latents, w.ref_latents, w.audio_embeds,
+        noise = w.noise
+        if noise_seed is not None:
+            g = torch.Generator().manual_seed(noise_seed)
+            noise = torch.randn(noise[:, :, :1].shape, generator=g).expand_as(noise).contiguous()
+        return sample_ddim(unet, ts, noise, w.mask_latent, w.masked_latents, w.ref_latents, w.audio_embeds,
                            guidance_scale=guidance, alphas_cumprod=acp)  # fmt: skip
 
     return run
@@ -88,6 +96,35 @@ def student_method(
         g = torch.Generator().manual_seed(seed)
         return sample_lcm(student, ts, win.noise, win.mask_latent, win.masked_latents, win.ref_latents,
                           win.audio_embeds, w=w, alphas_cumprod=acp, generator=g, renoise=renoise)  # fmt: skip
+
+    return run
+
+
+def oracle_method(
+    unet, n: int, guidance: float = 1.5, seed: int = 0, renoise: str = "per_frame", num_ddim: int = 50
+) -> Callable[[Window], torch.Tensor]:
+    """The student's sampler with a perfect consistency function: ``student.sampler.lcm_multistep`` on
+    ``lcm_timesteps(n)`` with x0(x_t, t) = the guided teacher's DDIM from t down the LCD solver's own
+    ``num_ddim``-step grid (the trajectory LCD distils; at t = 999 that is teacher_ddim_50 exactly).
+
+    What it scores is the floor of any student sampled with the same re-noising rule: re-noising
+    moves x_t off the trajectory that started at the initial noise, even when every x0 is exact.
+    Not a servable method (it costs more teacher steps than teacher_ddim_50); no timing.
+    """
+    from student.consistency import solver_timesteps
+    from student.sampler import lcm_multistep, lcm_timesteps
+    from teacher.sampler import alphas_cumprod, sample_ddim
+
+    ts, acp = lcm_timesteps(n, original_steps=num_ddim), alphas_cumprod()
+    grid = solver_timesteps(len(acp), num_ddim).flip(0)  # descending: 999, 979, ..., 19
+
+    def run(win: Window) -> torch.Tensor:
+        def x0_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return sample_ddim(unet, grid[grid <= t], x_t, win.mask_latent, win.masked_latents, win.ref_latents,
+                               win.audio_embeds, guidance_scale=guidance, alphas_cumprod=acp)  # fmt: skip
+
+        g = torch.Generator().manual_seed(seed)
+        return lcm_multistep(x0_fn, ts, win.noise, acp, generator=g, renoise=renoise)
 
     return run
 

@@ -11,7 +11,12 @@
    per-frame noise (LCMScheduler's rule; ``--renoise``); student_N@MODE rows repeat N = 2, 4 with
    the other re-noising modes of ``student.sampler.sample_lcm``. teacher_ddim_50 (trailing, the
    LCD solver's own 50-step grid) is the trajectory the student distils: its distance to
-   teacher_ddim_20 is the floor a perfectly distilled student would reach.
+   teacher_ddim_20 is the floor a perfectly distilled student would reach in one step.
+   oracle_lcm_N (``--oracle-steps``) runs the student's sampler with that perfect consistency
+   function (the teacher's ODE down the solver grid) and the same re-noising: the floor of any
+   student sampled that way at N steps (oracle_lcm_N@MODE for the ``--oracle-renoise`` modes).
+   teacher_ddim_20@other_noise starts the official sampler from another noise: how far two
+   samples of the same teacher lie apart.
 4. Writes OUT/bench.json and OUT/bench.png (charts and sample strips side by side).
 """
 
@@ -59,9 +64,11 @@ def plot(results: dict, outputs: dict, truth: list, path: Path) -> None:
     fig = plt.figure(figsize=(22, 9))
     for i, m in enumerate(metrics):
         ax = fig.add_subplot(2, len(metrics), i + 1)
-        vals = [results[n][m] for n in names]
-        ax.bar(range(len(names)), vals, color=["tab:blue" if n.startswith("teacher") else "tab:orange" for n in names])
-        ax.set_xticks(range(len(names)), [n.replace("teacher_ddim_", "T").replace("student_", "S") for n in names],
+        vals = [results[n].get(m, np.nan) for n in names]  # oracle rows have no timing
+        colors = [{"t": "tab:blue", "s": "tab:orange", "o": "tab:gray"}[n[0]] for n in names]
+        ax.bar(range(len(names)), vals, color=colors)
+        short = [n.replace("teacher_ddim_", "T").replace("student_", "S").replace("oracle_lcm_", "O") for n in names]
+        ax.set_xticks(range(len(names)), short,
                       rotation=90 if len(names) > 8 else 0)
         ax.set_title(m)
         if m == "unet_ms_per_frame":
@@ -91,11 +98,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="re-noising of student_2/4 (sample_lcm): initial, ddim, per_frame, shared, mixed")
     p.add_argument("--compare-renoise", nargs="*", default=["shared", "initial", "ddim"],
                    help="also report student_N@MODE for these re-noising modes (N = 2, 4)")
+    p.add_argument("--oracle-steps", nargs="*", type=int, default=[2, 4],
+                   help="report oracle_lcm_N for these N (none: skip; N = 4 costs ~6x teacher_ddim_20)")
+    p.add_argument("--oracle-renoise", nargs="*", default=["ddim"],
+                   help="also report oracle_lcm_N@MODE for these re-noising modes")
     args = p.parse_args(argv)
 
     import configs
     import student as student_pkg
-    from distill.benchmark import evaluate, make_windows, student_method, teacher_method, time_method
+    from distill.benchmark import evaluate, make_windows, oracle_method, student_method, teacher_method, time_method
     from teacher.loading import freeze
 
     student_dir = args.student_dir or distill_student(args.distill_steps, args.out / "run", args.distill_args)
@@ -110,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = {f"student_{n}@{m}": student_method(stu, n, renoise=m)
              for m in args.compare_renoise if m != args.renoise for n in (2, 4)}  # fmt: skip
     methods |= extra
+    methods["teacher_ddim_20@other_noise"] = teacher_method(unet, 20, noise_seed=12345)
+    for mode in dict.fromkeys([args.renoise, *args.oracle_renoise]):
+        suffix = "" if mode == args.renoise else f"@{mode}"
+        methods |= {f"oracle_lcm_{n}{suffix}": oracle_method(unet, n, renoise=mode) for n in args.oracle_steps}
     results, outputs, truth = evaluate(methods, windows, vae)
     for name, run in methods.items():
+        if name.startswith("oracle") or "@" in name and name.startswith("teacher"):
+            continue  # not servable methods / same cost as their base row
         unet_ms, total_ms = time_method(run, vae, windows[0])
         results[name].update(unet_ms_per_frame=unet_ms, ms_per_frame=total_ms)
     t20, s1 = results["teacher_ddim_20"], results["student_1"]
@@ -130,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.json").write_text(json.dumps(results, indent=1))
     plot(results, outputs, truth, args.out / "bench.png")
     keys = ["mse_to_teacher20", "mse_to_ground_truth", "sync_score", "sharpness", "unet_ms_per_frame", "ms_per_frame"]
-    print(f"{'method':16s}" + "".join(f"{k:>21s}" for k in keys))
+    print(f"{'method':28s}" + "".join(f"{k:>21s}" for k in keys))
     for name in methods:
-        print(f"{name:16s}" + "".join(f"{results[name][k]:21.4f}" for k in keys))
+        print(f"{name:28s}" + "".join(f"{results[name].get(k, float('nan')):21.4f}" for k in keys))
     print(json.dumps({k: v for k, v in results.items() if k.startswith("_")}, indent=1))
     return 0
 

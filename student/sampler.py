@@ -110,15 +110,38 @@ def sample_lcm(
     x_{t_{i+1}} = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) z at t_{i+1} (LCM Algorithm 3).
     """
     _check_inputs(noise, mask, masked_latents, ref_latents, audio_embeds)
+    acp = official_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+    cond = torch.cat([mask, masked_latents, ref_latents], dim=1).to(noise.dtype)  # [B, 9, F, h, w]
+
+    def x0_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = student(torch.cat([x_t, cond], dim=1), t.to(noise.device), audio_embeds, w)
+        return consistency_x0(eps, x_t, t, acp)
+
+    return lcm_multistep(x0_fn, timesteps, noise, acp, generator, renoise, mixed_alpha)
+
+
+def lcm_multistep(
+    x0_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    timesteps: Sequence[int] | torch.Tensor,
+    noise: torch.Tensor,
+    alphas_cumprod: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    renoise: str = "per_frame",
+    mixed_alpha: float = 1.0,
+) -> torch.Tensor:
+    """The LCM multistep loop for any consistency function ``x0_fn(x_t, t) -> x0`` (t a 0-d LongTensor).
+
+    ``sample_lcm`` runs it on the student; ``distill.benchmark.oracle_method`` on the teacher's own
+    probability-flow ODE (the consistency function a perfectly distilled student would be).
+    Arguments as in ``sample_lcm``; returns the last x0 [B, 4, F, h, w].
+    """
     if renoise not in NOISE_MODES + DETERMINISTIC_RENOISE:
         raise ValueError(f"renoise must be one of {NOISE_MODES + DETERMINISTIC_RENOISE}, got {renoise!r}")
     ts = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1)
     acp = official_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
-    cond = torch.cat([mask, masked_latents, ref_latents], dim=1).to(noise.dtype)  # [B, 9, F, h, w]
     x_t, x0 = noise, noise
     for i, t in enumerate(ts):
-        eps = student(torch.cat([x_t, cond], dim=1), t.to(noise.device), audio_embeds, w)
-        x0 = consistency_x0(eps, x_t, t, acp)
+        x0 = x0_fn(x_t, t)
         if i + 1 < len(ts):
             if renoise == "initial":
                 z = noise
