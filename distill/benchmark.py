@@ -7,6 +7,8 @@ repeated over the window, as LatentSync infers) every method starts from the sam
                     trailing spacing (t starts at 999), N = 20 with the official leading spacing
     student_N       the consistency student on LCMScheduler's timesteps, w = 1.5, re-noising as
                     chosen (``sample_lcm``'s ``renoise``; the benchmark records which)
+    oracle_lcm_N    the same sampler with a perfect consistency function (the teacher's ODE down
+                    the LCD solver grid): the floor of any student re-noised the same way
 
 Metrics (pixels in [0, 1], decoded and pasted like the pipeline: generated inside the mask,
 original outside):
