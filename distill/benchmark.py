@@ -45,12 +45,18 @@ class Window:
     mouth_open: np.ndarray  # [F]
 
 
-def make_windows(dataset, vae, seed: int = 0, limit: int | None = None) -> list[Window]:
-    """Encode held-out ``ClipDataset(reference="same")`` items once (the VAE samples, as the pipeline)."""
+def make_windows(
+    dataset, vae, seed: int = 0, limit: int | None = None, noise_seed: int | None = None
+) -> list[Window]:
+    """Encode held-out ``ClipDataset(reference="same")`` items once (the VAE samples, as the pipeline).
+
+    ``noise_seed``: draw the windows' initial noise from its own generator (another noise draw on the
+    same encodings); by default it comes from the encoding generator (``seed``)."""
     from distill.toy import latent_mask
 
     out = []
     g = torch.Generator().manual_seed(seed)
+    g_noise = None if noise_seed is None else torch.Generator().manual_seed(noise_seed)
     for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
         item = dataset[i]
         frames, mask = item["frames"][None], item["mask"][None]
@@ -58,7 +64,10 @@ def make_windows(dataset, vae, seed: int = 0, limit: int | None = None) -> list[
             masked = vae.encode(frames * mask, generator=g)
             ref = vae.encode(frames, generator=g)
         h = masked.shape[-1]
-        noise = torch.randn(1, 4, 1, h, h, generator=g).expand(-1, -1, frames.shape[2], -1, -1).contiguous()
+        noise = torch.randn(1, 4, 1, h, h, generator=g)  # drawn either way: the encodings stay the same
+        if g_noise is not None:
+            noise = torch.randn(1, 4, 1, h, h, generator=g_noise)
+        noise = noise.expand(-1, -1, frames.shape[2], -1, -1).contiguous()
         out.append(Window(frames, mask, latent_mask(mask, h), masked, ref, item["audio_embeds"][None], noise,
                           item["mouth_open"].numpy()))  # fmt: skip
     return out
@@ -190,6 +199,22 @@ def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference
         )
     }
     return results, outputs, truth
+
+
+def average_draws(draws: list[dict]) -> dict:
+    """Per-method mean of every metric over evaluations with different noise draws; the values of each
+    draw are kept under ``per_draw`` and their standard deviation under ``std``."""
+    out = {}
+    for name, first in draws[0].items():
+        if name.startswith("_"):
+            out[name] = first
+            continue
+        vals = {m: [float(d[name][m]) for d in draws] for m in first}
+        out[name] = {m: float(np.mean(v)) for m, v in vals.items()}
+        if len(draws) > 1:
+            out[name]["std"] = {m: float(np.std(v)) for m, v in vals.items()}
+            out[name]["per_draw"] = vals
+    return out
 
 
 def time_method(run: Callable, vae, window: Window, repeats: int = 3) -> tuple[float, float]:

@@ -102,11 +102,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="report oracle_lcm_N for these N (none: skip; N = 4 costs ~6x teacher_ddim_20)")
     p.add_argument("--oracle-renoise", nargs="*", default=["ddim"],
                    help="also report oracle_lcm_N@MODE for these re-noising modes")
+    p.add_argument("--noise-draws", type=int, default=1,
+                   help="evaluate with this many initial-noise draws per window; metrics are their mean "
+                   "(per-draw values and std in the JSON)")
     args = p.parse_args(argv)
 
     import configs
     import student as student_pkg
-    from distill.benchmark import evaluate, make_windows, oracle_method, student_method, teacher_method, time_method
+    from distill.benchmark import (
+        average_draws,
+        evaluate,
+        make_windows,
+        oracle_method,
+        student_method,
+        teacher_method,
+        time_method,
+    )
     from teacher.loading import freeze
 
     student_dir = args.student_dir or distill_student(args.distill_steps, args.out / "run", args.distill_args)
@@ -115,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     vae = freeze(configs.instantiate(cfg.vae))
     stu = freeze(student_pkg.load(student_dir))
     data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, int(cfg.data.num_frames))
-    windows = make_windows(data, vae, seed=0, limit=args.windows)
     methods = {f"teacher_ddim_{n}": teacher_method(unet, n) for n in (1, 2, 4, 20, 50)}
     methods |= {f"student_{n}": student_method(stu, n, renoise=args.renoise) for n in (1, 2, 4)}
     extra = {f"student_{n}@{m}": student_method(stu, n, renoise=m)
@@ -125,7 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     for mode in dict.fromkeys([args.renoise, *args.oracle_renoise]):
         suffix = "" if mode == args.renoise else f"@{mode}"
         methods |= {f"oracle_lcm_{n}{suffix}": oracle_method(unet, n, renoise=mode) for n in args.oracle_steps}
-    results, outputs, truth = evaluate(methods, windows, vae)
+    draws = []
+    for k in range(args.noise_draws):  # draw 0: the windows' own noise (as before); then other seeds
+        windows = make_windows(data, vae, seed=0, limit=args.windows, noise_seed=None if k == 0 else 1000 + k)
+        res, outs, truth = evaluate(methods, windows, vae)
+        draws.append(res)
+        if k == 0:
+            outputs = outs  # the sample strips show draw 0
+        print(f"noise draw {k + 1}/{args.noise_draws} done", flush=True)
+    results = average_draws(draws)
+    windows = make_windows(data, vae, seed=0, limit=args.windows)
     for name, run in methods.items():
         if name.startswith("oracle") or "@" in name and name.startswith("teacher"):
             continue  # not servable methods / same cost as their base row
@@ -138,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "student_dir": str(student_dir),
         "student_renoise": args.renoise,
         "heldout_windows": len(windows),
+        "noise_draws": args.noise_draws,
         "frames_per_window": int(cfg.data.num_frames),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "command": "python -m scripts.bench_distill "

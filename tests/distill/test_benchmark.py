@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from distill.benchmark import Window, laplacian_energy, oracle_method, pearson, teacher_method
+from distill.benchmark import (
+    Window,
+    average_draws,
+    laplacian_energy,
+    make_windows,
+    oracle_method,
+    pearson,
+    teacher_method,
+)
 from student.consistency import add_noise
 from teacher.sampler import alphas_cumprod, ddim_timesteps, sample_ddim
 from tests.student import tiny_batch, tiny_teacher
@@ -62,3 +70,31 @@ def test_metrics_closed_forms():
     checker = ((torch.arange(40)[:, None] + torch.arange(40)[None]) % 2).float()  # Laplacian = +-4 everywhere
     frames = checker[None, :, :, None].expand(1, 40, 40, 3)
     assert laplacian_energy(frames, box=(0, 0, 1, 1)) == pytest.approx(16.0)
+
+
+def test_average_draws_mean_std_and_per_draw():
+    a = {"m": {"x": 1.0, "y": 4.0}, "_setup": {"k": 1}}
+    b = {"m": {"x": 3.0, "y": 4.0}, "_setup": {"k": 2}}
+    out = average_draws([a, b])
+    assert out["m"]["x"] == 2.0 and out["m"]["y"] == 4.0
+    assert out["m"]["std"] == {"x": 1.0, "y": 0.0} and out["m"]["per_draw"]["x"] == [1.0, 3.0]
+    assert out["_setup"] == {"k": 1}
+    assert average_draws([a]) == a  # one draw: unchanged, no std
+
+
+def test_noise_draws_change_only_the_noise():
+    """Another noise_seed gives other initial noise on the very same encodings."""
+
+    class Vae:
+        def encode(self, x, generator=None):
+            return torch.randn(x.shape[0], 4, x.shape[2], 8, 8, generator=generator)
+
+    item = {"frames": torch.zeros(3, 2, 64, 64), "mask": torch.ones(1, 2, 64, 64),
+            "audio_embeds": torch.zeros(2, 50, 384), "mouth_open": torch.zeros(2)}  # fmt: skip
+    base, same, other = (make_windows([item, item], Vae(), noise_seed=s) for s in (None, None, 7))
+    for w0, w1, w2 in zip(base, same, other):
+        torch.testing.assert_close(w0.noise, w1.noise)
+        torch.testing.assert_close(w0.masked_latents, w2.masked_latents)
+        torch.testing.assert_close(w0.ref_latents, w2.ref_latents)
+        assert not torch.allclose(w0.noise, w2.noise)
+        assert (w2.noise == w2.noise[:, :, :1]).all()  # still one noise frame repeated
