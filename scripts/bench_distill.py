@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench_distill"))
     p.add_argument("--student-dir", type=Path, default=None)
     p.add_argument("--distill-steps", type=int, default=1000)
-    p.add_argument("--distill-args", nargs="*", default=["optim.lr=1e-4", "optim.warmup_steps=20"])
+    p.add_argument("--distill-args", nargs="*", default=["data.num_workers=0"],
+                   help="key=value overrides of configs/distill/toy for the distillation")
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--seconds", type=float, default=3.2)
     p.add_argument("--heldout-seed", type=int, default=1000)
