@@ -10,6 +10,13 @@ script does it, for LatentSync's video U-Net:
     L    = d(f_student(x_t, t, w), f_target(x_s, s, w))                   d = pseudo-Huber or L2
     loss = mean_B(L + sum_j weight_j * aux_j(x0_student, batch))
 
+Optional trajectory anchor (``weights.anchor`` > 0; off by default, not part of LCD): the first
+``anchor.samples`` items of the batch take n = N-1 (t = 999, where the 1-step student works) and
+their student x0 is also pulled, with the same distance d, toward the guided teacher's own
+``anchor.steps``-step trailing DDIM run from that x_t (guidance w of the sample). The consistency
+target reaches t = 999 only through N bootstrapped jumps; the anchor gives the endpoint a direct
+teacher target at the cost of ``anchor.steps`` guided teacher calls on those items.
+
 No accelerate, DeepSpeed or optimizer here: the recipe wraps this function.
 
 Config keys (``cfg``, a mapping or DictConfig; missing keys take ``DEFAULTS``):
@@ -19,7 +26,8 @@ Config keys (``cfg``, a mapping or DictConfig; missing keys take ``DEFAULTS``):
     loss, huber_c                              "huber" (pseudo-Huber, c = 0.001) or "l2"
     sigma_data, timestep_scaling               boundary scalings (0.5, 10)
     recon: {kind, mouth_weight}                the built-in real-data reconstruction term
-    weights: {name: weight}                    one weight per auxiliary term ("recon" included)
+    weights: {name: weight}                    one weight per auxiliary term ("recon", "anchor" included)
+    anchor: {samples, steps}                   the optional trajectory anchor (see above)
     target, ema_decay                          ``make_target`` / ``ema_update``
 """
 
@@ -35,7 +43,7 @@ from torch import nn
 from student.consistency import add_noise, consistency_x0, solver_pairs
 from student.sampler import video_noise
 from teacher.sampler import alphas_cumprod as official_alphas_cumprod
-from teacher.sampler import ddim_step, guided_eps
+from teacher.sampler import ddim_step, ddim_timesteps, guided_eps
 
 Batch = Mapping[str, torch.Tensor]
 AuxLoss = Callable[[torch.Tensor, Batch], torch.Tensor]
@@ -63,7 +71,8 @@ DEFAULTS: dict[str, Any] = {
     "sigma_data": 0.5,
     "timestep_scaling": 10.0,
     "recon": {"kind": "mse", "mouth_weight": 1.0},
-    "weights": {"recon": 0.0},
+    "weights": {"recon": 0.0, "anchor": 0.0},
+    "anchor": {"samples": 1, "steps": 4},
     "target": "auto",
     "ema_decay": 0.95,
 }
@@ -152,6 +161,31 @@ def teacher_solver_step(
         return ddim_step(eps, x_t, a_t, a_s)
 
 
+def teacher_trajectory(
+    teacher: nn.Module,
+    x_t: torch.Tensor,
+    cond: torch.Tensor,
+    audio_embeds: torch.Tensor,
+    t_start: int,
+    steps: int,
+    w: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+) -> torch.Tensor:
+    """The guided teacher's ``steps``-step trailing DDIM from x_t at ``t_start`` (= 999) to x0, per-sample
+    guidance w [B], no gradient: ``teacher_solver_step`` down ``ddim_timesteps(steps, "trailing")``, then to
+    alpha_bar_0 (as ``teacher.sampler.sample_ddim``).
+    """
+    ts = ddim_timesteps(steps, "trailing", num_train_timesteps=len(alphas_cumprod)).tolist()
+    if ts[0] != t_start:
+        raise ValueError(f"the trailing {steps}-step grid starts at {ts[0]}, the anchored x_t is at t = {t_start}")
+    x = x_t
+    b = x_t.shape[0]
+    for t_i, t_next in zip(ts, ts[1:] + [0]):
+        full = lambda v: torch.full((b,), v, dtype=torch.long, device=x_t.device)  # noqa: E731
+        x = teacher_solver_step(teacher, x, cond, audio_embeds, full(t_i), full(t_next), w, alphas_cumprod)
+    return x
+
+
 def _aux_terms(
     x0: torch.Tensor, batch: Batch, cfg: Mapping[str, Any] | None, aux_losses: Mapping[str, AuxLoss] | None
 ) -> dict[str, tuple[float, torch.Tensor]]:
@@ -212,6 +246,10 @@ def distill_step(
     gdev = generator.device if generator is not None else dev  # random draws live on the generator's device
     grid_t, grid_s = solver_pairs(int(_opt(cfg, "num_train_timesteps")), int(_opt(cfg, "num_ddim_timesteps")))
     n = torch.randint(0, len(grid_t), (b,), generator=generator, device=gdev).cpu()
+    anchor_weight = float(dict(DEFAULTS["weights"], **dict(_opt(cfg, "weights") or {}))["anchor"])
+    anchor_cfg = dict(DEFAULTS["anchor"], **dict(_opt(cfg, "anchor") or {}))
+    n_anchor = min(int(anchor_cfg["samples"]), b) if anchor_weight != 0.0 else 0
+    n[:n_anchor] = len(grid_t) - 1  # t = t_max (999) for the anchored items
     t, s = grid_t[n].to(dev), grid_s[n].to(dev)
     eps = video_noise(latents.shape, _opt(cfg, "noise"), generator, float(_opt(cfg, "mixed_noise_alpha")), device=gdev)
     x_t = add_noise(latents, eps.to(device=dev, dtype=latents.dtype), acp[t])
@@ -230,6 +268,13 @@ def distill_step(
     per_sample = consistency_loss(cfg)(x0_student, x0_target)  # [B]
     out: dict[str, torch.Tensor] = {"consistency": per_sample.detach().mean()}
     total = per_sample
+    if n_anchor:
+        x0_anchor = teacher_trajectory(teacher, x_t[:n_anchor], cond[:n_anchor], audio[:n_anchor], int(t[0]),
+                                       int(anchor_cfg["steps"]), w[:n_anchor], acp)  # fmt: skip
+        anchor = torch.zeros_like(per_sample)
+        anchor[:n_anchor] = consistency_loss(cfg)(x0_student[:n_anchor], x0_anchor)
+        out["anchor"] = anchor[:n_anchor].detach().mean()
+        total = total + anchor_weight * anchor
     for name, (weight, value) in _aux_terms(x0_student, batch, cfg, aux_losses).items():
         out[name] = value.detach().mean()
         if weight != 0.0:

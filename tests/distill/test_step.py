@@ -230,3 +230,41 @@ def test_tiny_run_reduces_the_consistency_loss(teacher, batch):
         losses.append(out["consistency"].item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0], losses  # measured: 0.036 -> 0.009
+
+
+# ------------------------------------------------------------------ trajectory anchor
+def test_teacher_trajectory_is_the_teachers_trailing_ddim(teacher, batch):
+    from distill.step import teacher_trajectory
+    from teacher.sampler import ddim_timesteps, sample_ddim
+
+    x = torch.randn(B, 4, *batch["latents"].shape[2:], generator=_gen(3))
+    cond = torch.cat([batch["mask"], batch["masked_latents"], batch["ref_latents"]], dim=1)
+    acp = alphas_cumprod()
+    got = teacher_trajectory(teacher, x, cond, batch["audio_embeds"], 999, 4, torch.full((B,), 1.5), acp)
+    with torch.no_grad():
+        b = batch
+        want = sample_ddim(teacher, ddim_timesteps(4, "trailing"), x, b["mask"], b["masked_latents"], b["ref_latents"],
+                           b["audio_embeds"], guidance_scale=1.5, alphas_cumprod=acp)  # fmt: skip
+    assert rel_err(got, want) < 1e-5
+    with pytest.raises(ValueError, match="starts at 999"):
+        teacher_trajectory(teacher, x, cond, batch["audio_embeds"], 979, 4, torch.full((B,), 1.5), acp)
+
+
+def test_anchor_term_weighted_on_the_anchored_items_only(teacher, student, batch):
+    target = make_target(student, {})
+    base = {"weights": {"recon": 0.0}}
+    off = distill_step(student, target, teacher, batch, base, generator=_gen())
+    assert "anchor" not in off
+    outs = [distill_step(student, target, teacher, batch, {"weights": {"anchor": a}, "anchor": {"samples": 1}},
+                         generator=_gen()) for a in (1.0, 3.0)]  # fmt: skip
+    # same draws (the anchored item is forced to t = 999): the loss moves by (3 - 1) * anchor / B
+    torch.testing.assert_close(outs[1]["consistency"], outs[0]["consistency"])
+    assert outs[0]["anchor"] > 0 and torch.isfinite(outs[0]["anchor"])
+    expected = outs[0]["loss"].detach() + 2.0 * outs[0]["anchor"] / B
+    torch.testing.assert_close(outs[1]["loss"].detach(), expected, rtol=1e-5, atol=1e-7)
+    outs[1]["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in target.parameters())
+    # every item anchored: t_mean is exactly 999
+    full = distill_step(student, target, teacher, batch, {"weights": {"anchor": 1.0}, "anchor": {"samples": B}},
+                        generator=_gen())  # fmt: skip
+    assert full["t_mean"].item() == 999.0
