@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="report oracle_lcm_N for these N (none: skip; N = 4 costs ~6x teacher_ddim_20)")
     p.add_argument("--oracle-renoise", nargs="*", default=["ddim"],
                    help="also report oracle_lcm_N@MODE for these re-noising modes")
+    p.add_argument("--teacher-steps", nargs="+", type=int, default=[1, 2, 4, 20, 50],
+                   help="teacher_ddim_N rows (20, the reference, is always included)")
+    p.add_argument("--other-noise", action=argparse.BooleanOptionalAction, default=True,
+                   help="the teacher_ddim_20@other_noise row")
     p.add_argument("--noise-draws", type=int, default=1,
                    help="evaluate with this many initial-noise draws per window; metrics are their mean "
                    "(per-draw values and std in the JSON)")
@@ -127,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     vae = freeze(configs.instantiate(cfg.vae))
     stu = freeze(student_pkg.load(student_dir))
     data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, int(cfg.data.num_frames))
-    methods = {f"teacher_ddim_{n}": teacher_method(unet, n) for n in (1, 2, 4, 20, 50)}
+    methods = {f"teacher_ddim_{n}": teacher_method(unet, n) for n in sorted({*args.teacher_steps, 20})}
     methods |= {f"student_{n}": student_method(stu, n, renoise=args.renoise) for n in (1, 2, 4)}
     extra = {f"student_{n}@{m}": student_method(stu, n, renoise=m)
              for m in args.compare_renoise if m != args.renoise for n in (2, 4)}  # fmt: skip
     methods |= extra
-    methods["teacher_ddim_20@other_noise"] = teacher_method(unet, 20, noise_seed=12345)
+    if args.other_noise:
+        methods["teacher_ddim_20@other_noise"] = teacher_method(unet, 20, noise_seed=12345)
     for mode in dict.fromkeys([args.renoise, *args.oracle_renoise]):
         suffix = "" if mode == args.renoise else f"@{mode}"
         methods |= {f"oracle_lcm_{n}{suffix}": oracle_method(unet, n, renoise=mode) for n in args.oracle_steps}
