@@ -45,6 +45,12 @@ class Window:
     mouth_open: np.ndarray  # [F]
 
 
+def repeated_noise(shape, generator: torch.Generator) -> torch.Tensor:
+    """One Gaussian noise frame repeated over F, ``shape`` = [B, C, F, h, w] (LatentSync's inference noise)."""
+    b, c, f, h, w = shape
+    return torch.randn(b, c, 1, h, w, generator=generator).expand(-1, -1, f, -1, -1).contiguous()
+
+
 def make_windows(
     dataset, vae, seed: int = 0, limit: int | None = None, noise_seed: int | None = None
 ) -> list[Window]:
@@ -64,10 +70,9 @@ def make_windows(
             masked = vae.encode(frames * mask, generator=g)
             ref = vae.encode(frames, generator=g)
         h = masked.shape[-1]
-        noise = torch.randn(1, 4, 1, h, h, generator=g)  # drawn either way: the encodings stay the same
+        noise = repeated_noise((1, 4, frames.shape[2], h, h), g)  # drawn either way: the encodings stay the same
         if g_noise is not None:
-            noise = torch.randn(1, 4, 1, h, h, generator=g_noise)
-        noise = noise.expand(-1, -1, frames.shape[2], -1, -1).contiguous()
+            noise = repeated_noise(noise.shape, g_noise)
         out.append(Window(frames, mask, latent_mask(mask, h), masked, ref, item["audio_embeds"][None], noise,
                           item["mouth_open"].numpy()))  # fmt: skip
     return out
@@ -86,8 +91,7 @@ def teacher_method(
     def run(w: Window) -> torch.Tensor:
         noise = w.noise
         if noise_seed is not None:
-            g = torch.Generator().manual_seed(noise_seed)
-            noise = torch.randn(noise[:, :, :1].shape, generator=g).expand_as(noise).contiguous()
+            noise = repeated_noise(noise.shape, torch.Generator().manual_seed(noise_seed))
         return sample_ddim(unet, ts, noise, w.mask_latent, w.masked_latents, w.ref_latents, w.audio_embeds,
                            guidance_scale=guidance, alphas_cumprod=acp)  # fmt: skip
 

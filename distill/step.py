@@ -178,11 +178,10 @@ def teacher_trajectory(
     ts = ddim_timesteps(steps, "trailing", num_train_timesteps=len(alphas_cumprod)).tolist()
     if ts[0] != t_start:
         raise ValueError(f"the trailing {steps}-step grid starts at {ts[0]}, the anchored x_t is at t = {t_start}")
-    x = x_t
-    b = x_t.shape[0]
+    x, b = x_t, x_t.shape[0]
     for t_i, t_next in zip(ts, ts[1:] + [0]):
-        full = lambda v: torch.full((b,), v, dtype=torch.long, device=x_t.device)  # noqa: E731
-        x = teacher_solver_step(teacher, x, cond, audio_embeds, full(t_i), full(t_next), w, alphas_cumprod)
+        t_now, t_to = (torch.full((b,), v, dtype=torch.long, device=x_t.device) for v in (t_i, t_next))
+        x = teacher_solver_step(teacher, x, cond, audio_embeds, t_now, t_to, w, alphas_cumprod)
     return x
 
 
