@@ -19,6 +19,9 @@ original outside):
                          over all held-out frames
     sharpness            mean squared Laplacian inside the mouth box, relative to the real frames
     unet_ms_per_frame    U-Net passes only;  ms_per_frame  U-Net passes + VAE decode
+
+The windows' inputs come from ``teacher.conditioning`` and the student runs through its
+``StudentDenoiser``, exactly as the pipeline and the engine run them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from teacher.sampler import OFFICIAL_W, repeated_noise
 
 MOUTH_BOX = (0.22, 0.55, 0.78, 0.92)  # fraction of the aligned crop holding the mouth (x0, y0, x1, y1)
 
@@ -45,12 +50,6 @@ class Window:
     mouth_open: np.ndarray  # [F]
 
 
-def repeated_noise(shape, generator: torch.Generator) -> torch.Tensor:
-    """One Gaussian noise frame repeated over F, ``shape`` = [B, C, F, h, w] (LatentSync's inference noise)."""
-    b, c, f, h, w = shape
-    return torch.randn(b, c, 1, h, w, generator=generator).expand(-1, -1, f, -1, -1).contiguous()
-
-
 def make_windows(
     dataset, vae, seed: int = 0, limit: int | None = None, noise_seed: int | None = None
 ) -> list[Window]:
@@ -58,7 +57,7 @@ def make_windows(
 
     ``noise_seed``: draw the windows' initial noise from its own generator (another noise draw on the
     same encodings); by default it comes from the encoding generator (``seed``)."""
-    from distill.toy import latent_mask
+    from teacher.conditioning import encode_condition, latent_mask
 
     out = []
     g = torch.Generator().manual_seed(seed)
@@ -67,8 +66,7 @@ def make_windows(
         item = dataset[i]
         frames, mask = item["frames"][None], item["mask"][None]
         with torch.no_grad():
-            masked = vae.encode(frames * mask, generator=g)
-            ref = vae.encode(frames, generator=g)
+            masked, ref = encode_condition(vae, frames, mask, generator=g)
         h = masked.shape[-1]
         noise = repeated_noise((1, 4, frames.shape[2], h, h), g)  # drawn either way: the encodings stay the same
         if g_noise is not None:
@@ -79,7 +77,7 @@ def make_windows(
 
 
 def teacher_method(
-    unet, n: int, guidance: float = 1.5, noise_seed: int | None = None
+    unet, n: int, w: float = OFFICIAL_W, noise_seed: int | None = None
 ) -> Callable[[Window], torch.Tensor]:
     """Guided DDIM, N = 20 leading (official), else trailing. ``noise_seed``: start from another noise
     (one frame repeated, like the window's) drawn with that seed instead of the window's own."""
@@ -88,35 +86,37 @@ def teacher_method(
     spacing = "leading" if n == 20 else "trailing"
     ts, acp = ddim_timesteps(n, spacing), alphas_cumprod()
 
-    def run(w: Window) -> torch.Tensor:
-        noise = w.noise
+    def run(win: Window) -> torch.Tensor:
+        noise = win.noise
         if noise_seed is not None:
             noise = repeated_noise(noise.shape, torch.Generator().manual_seed(noise_seed))
-        return sample_ddim(unet, ts, noise, w.mask_latent, w.masked_latents, w.ref_latents, w.audio_embeds,
-                           guidance_scale=guidance, alphas_cumprod=acp)  # fmt: skip
+        return sample_ddim(unet, ts, noise, win.mask_latent, win.masked_latents, win.ref_latents, win.audio_embeds,
+                           w=w, alphas_cumprod=acp)  # fmt: skip
 
     return run
 
 
 def student_method(
-    student, n: int, w: float = 1.5, seed: int = 0, renoise: str = "per_frame"
+    student, n: int, w: float = OFFICIAL_W, seed: int = 0, renoise: str = "per_frame"
 ) -> Callable[[Window], torch.Tensor]:
-    """The student on ``lcm_timesteps(n)``; ``renoise`` as in ``student.sampler.sample_lcm``."""
+    """The student (a ``StudentDenoiser``, or a loaded ``StudentUNet`` with its settings) on
+    ``lcm_timesteps(n)``; ``renoise`` as in ``student.sampler.sample_lcm``."""
+    from student.denoiser import as_denoiser
     from student.sampler import lcm_timesteps, sample_lcm
-    from teacher.sampler import alphas_cumprod
 
-    ts, acp = lcm_timesteps(n), alphas_cumprod()
+    denoiser = as_denoiser(student)
+    ts = lcm_timesteps(n, denoiser.settings.num_ddim_timesteps, denoiser.settings.num_train_timesteps)
 
     def run(win: Window) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        return sample_lcm(student, ts, win.noise, win.mask_latent, win.masked_latents, win.ref_latents,
-                          win.audio_embeds, w=w, alphas_cumprod=acp, generator=g, renoise=renoise)  # fmt: skip
+        return sample_lcm(denoiser, ts, win.noise, win.mask_latent, win.masked_latents, win.ref_latents,
+                          win.audio_embeds, w=w, generator=g, renoise=renoise)  # fmt: skip
 
     return run
 
 
 def oracle_method(
-    unet, n: int, guidance: float = 1.5, seed: int = 0, renoise: str = "per_frame", num_ddim: int = 50
+    unet, n: int, w: float = OFFICIAL_W, seed: int = 0, renoise: str = "per_frame", num_ddim: int = 50
 ) -> Callable[[Window], torch.Tensor]:
     """The student's sampler with a perfect consistency function: ``student.sampler.lcm_multistep`` on
     ``lcm_timesteps(n)`` with x0(x_t, t) = the guided teacher's DDIM from t down the LCD solver's own
@@ -136,7 +136,7 @@ def oracle_method(
     def run(win: Window) -> torch.Tensor:
         def x0_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return sample_ddim(unet, grid[grid <= t], x_t, win.mask_latent, win.masked_latents, win.ref_latents,
-                               win.audio_embeds, guidance_scale=guidance, alphas_cumprod=acp)  # fmt: skip
+                               win.audio_embeds, w=w, alphas_cumprod=acp)  # fmt: skip
 
         g = torch.Generator().manual_seed(seed)
         return lcm_multistep(x0_fn, ts, win.noise, acp, generator=g, renoise=renoise)
@@ -144,10 +144,11 @@ def oracle_method(
     return run
 
 
-def decode_paste(vae, x0: torch.Tensor, w: Window) -> torch.Tensor:
+def decode_paste(vae, x0: torch.Tensor, win: Window) -> torch.Tensor:
     """Latents -> pasted frames ``[F, R, R, 3]`` in [0, 1] (generated inside the mask only)."""
-    dec = vae.decode(x0.float()).clamp(-1, 1)
-    out = dec * (1 - w.mask) + w.frames * w.mask
+    from teacher.conditioning import composite
+
+    out = composite(vae.decode(x0.float()), win.frames, win.mask)
     return ((out[0].permute(1, 2, 3, 0) + 1) / 2).cpu()
 
 

@@ -1,9 +1,11 @@
 """``turbosync export RUN_DIR OUT_DIR``: a run's distilled student as a plain model.
 
-Writes ``OUT_DIR/model.safetensors`` and ``OUT_DIR/config.json`` (``student.io`` format):
-the EMA target's weights for full fine-tuning, the student with LoRA merged for LoRA; training
-state (optimizer, EMA bookkeeping, LoRA adapters) is dropped. ``student.load(OUT_DIR)`` reads it
-back without accelerate, DeepSpeed or peft. The architecture is rebuilt from ``RUN_DIR/config.yaml``
+Writes a self-contained folder (``student.io`` format): ``model.safetensors`` (the EMA target's
+weights for full fine-tuning, the student with LoRA merged for LoRA; training state is dropped),
+``config.json`` (architecture, the denoiser settings the run distilled with, the inference settings:
+face resolution, frames per chunk, default steps, w) and copies of the teacher's VAE, Whisper and
+mask files, so the folder alone runs the student (``student.load``, ``student.load_bundle``) without
+accelerate, DeepSpeed, peft or the run. The architecture is rebuilt from ``RUN_DIR/config.yaml``
 (teacher U-Net + student settings), then the checkpoint's weights are loaded into it.
 Optional ``--onnx``: one U-Net step (sample, t, audio, w) -> eps as ``OUT_DIR/student.onnx``.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -39,9 +42,9 @@ def find_checkpoint(run_dir: Path, checkpoint: str | os.PathLike | None = None) 
 
 def restore_network(cfg, path: Path) -> nn.Module:
     """The network a checkpoint describes: the EMA target (full training) or the LoRA student."""
-    from distill.recipe import build_student, build_teacher, teacher_config
+    from distill.recipe import build_student, build_teacher_unet, teacher_config
 
-    teacher = build_teacher(teacher_config(cfg), int(cfg.run.seed), cfg.teacher.get("fill_zero_init_std"))
+    teacher = build_teacher_unet(teacher_config(cfg), int(cfg.run.seed), cfg.teacher.get("fill_zero_init_std"))
     student, target = build_student(cfg, teacher)
     ckpt.load_student(path, student)
     if target is student:
@@ -52,13 +55,56 @@ def restore_network(cfg, path: Path) -> nn.Module:
     return target
 
 
+def copy_inference_files(tcfg, out: Path, steps: int, num_frames: int | None = None) -> dict:
+    """Copy the teacher's VAE, Whisper and mask files named by ``tcfg.files`` into ``out``; returns the
+    ``inference`` settings (paths relative to ``out``; null = the tiny preset's random module).
+    num_frames: frames per chunk, default the teacher's (the run passes the window it distilled on)."""
+    files = tcfg.get("files") or {}
+    inference = {
+        "resolution": int(tcfg.data.resolution),
+        "num_frames": int(num_frames or tcfg.data.num_frames),
+        "steps": int(steps),
+        "w": float(tcfg.sampler.w),
+        "teacher": str(tcfg.get("name", "")),
+    }
+    for key, src in (("vae", files.get("vae")), ("whisper", files.get("whisper")),
+                     ("mask", tcfg.data.get("mask_image_path"))):  # fmt: skip
+        inference[key] = None
+        if src is None:
+            continue
+        src = Path(str(src))
+        if not src.exists():
+            raise ExportError(f"the teacher's {key} file {src} is missing; the export copies it in")
+        name = _export_name(key, src)
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target)
+        else:
+            shutil.copy2(src, target)
+        inference[key] = name
+    return inference
+
+
+def _export_name(dest: str, src: Path) -> str:
+    """Where a copied file goes inside the export: folders as ``dest/``, files as ``dest/<name>``."""
+    return dest if src.is_dir() else f"{dest}/{src.name}"
+
+
 def export_run(
     run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-    onnx: bool = False,
+    onnx: bool = False, steps: int = 1,
 ) -> Path:  # fmt: skip
-    """Export the latest (or the given) checkpoint of ``run_dir`` to ``out_dir``; returns ``out_dir``."""
+    """Export the latest (or the given) checkpoint of ``run_dir`` to ``out_dir``; returns ``out_dir``.
+
+    steps: the default number of sampler steps recorded for inference (1-4)."""
+    from distill.recipe import teacher_config
     from student import io
 
+    if not 1 <= int(steps) <= 50:
+        raise ExportError(f"--steps must be between 1 and 50, got {steps}")
     run_dir = Path(run_dir)
     if onnx:
         _require_onnx()  # before any work
@@ -68,7 +114,8 @@ def export_run(
     path = find_checkpoint(run_dir, checkpoint)
     network = restore_network(cfg, path).eval()
     source = {"run_dir": str(run_dir), "checkpoint": path.name, "step": ckpt.read_state(path).step}
-    out = io.save(network, out_dir, extra=source)
+    inference = copy_inference_files(teacher_config(cfg), Path(out_dir), steps, int(cfg.data.num_frames))
+    out = io.save(network, out_dir, extra=source, inference=inference)
     if onnx:
         h = int(cfg.data.resolution) // 8
         export_onnx(io.load(out), out / "student.onnx", int(cfg.data.num_frames), h)

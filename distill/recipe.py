@@ -35,11 +35,12 @@ import configs
 from distill import checkpoint as ckpt
 from distill.data import PrepareConfig, encode_latents, list_shards, prepare
 from distill.step import distill_step, ema_update, make_target
-from distill.toy import latent_mask
+from student.denoiser import DenoiserSettings, StudentDenoiser
 from student.model import StudentUNet
-from student.sampler import lcm_timesteps, sample_lcm, video_noise
+from student.sampler import lcm_timesteps, sample_lcm
+from teacher.conditioning import latent_mask
 from teacher.loading import freeze
-from teacher.sampler import alphas_cumprod
+from teacher.sampler import OFFICIAL_W, alphas_cumprod, repeated_noise
 
 BATCH_KEYS = ("latents", "masked_latents", "ref_latents", "audio_embeds")
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,7 +62,7 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     return node
 
 
-def build_teacher(tcfg: DictConfig, seed: int, fill_zero_init_std: float | None = None) -> nn.Module:
+def build_teacher_unet(tcfg: DictConfig, seed: int, fill_zero_init_std: float | None = None) -> nn.Module:
     """The frozen teacher U-Net. Random weights (``files.unet: null``) are drawn from ``seed``, so
     ``turbosync export`` rebuilds the same teacher; ``fill_zero_init_std`` refills the tensors
     LatentSync zero-initialises (conv_in, conv_out, motion-module outputs), which would make a
@@ -81,7 +82,9 @@ def build_student(cfg: DictConfig, teacher: nn.Module) -> tuple[StudentUNet, nn.
     """(student, target): the teacher-initialised student (full or LoRA) and its target network."""
     lora = cfg.student.get("lora")
     lora = None if lora is None else OmegaConf.to_container(lora, resolve=True)
-    student = StudentUNet.from_teacher(teacher, lora=lora, w_embed_dim=int(cfg.student.get("w_embed_dim", 256)))
+    settings = DenoiserSettings.from_mapping(OmegaConf.to_container(cfg.distill, resolve=True))
+    student = StudentUNet.from_teacher(teacher, lora=lora, w_embed_dim=int(cfg.student.get("w_embed_dim", 256)),
+                                       denoiser_settings=settings)  # fmt: skip
     student.enable_gradient_checkpointing(bool(cfg.student.get("gradient_checkpointing", False)))
     return student, make_target(student, cfg.distill)
 
@@ -202,7 +205,7 @@ def setup(cfg: DictConfig) -> Run:
     out = Path(cfg.run.output_dir)
     set_seed(int(cfg.run.seed))
     tcfg = teacher_config(cfg)
-    teacher = build_teacher(tcfg, int(cfg.run.seed), cfg.teacher.get("fill_zero_init_std"))
+    teacher = build_teacher_unet(tcfg, int(cfg.run.seed), cfg.teacher.get("fill_zero_init_std"))
     student, target = build_student(cfg, teacher)
     vae = freeze(configs.instantiate(tcfg.vae)).to(acc.device)
     with acc.main_process_first():
@@ -451,19 +454,19 @@ def load_checkpoint(run: Run, path: Path) -> None:
 # =========================================================================== sample strip
 @torch.no_grad()
 def sample_strip(model: nn.Module, vae: nn.Module, batch: dict[str, torch.Tensor], steps: list[int],
-                 acp: torch.Tensor, w: float = 1.5, seed: int = 0) -> torch.Tensor:  # fmt: skip
+                 acp: torch.Tensor, w: float = OFFICIAL_W, seed: int = 0) -> torch.Tensor:  # fmt: skip
     """Rows: the real clip, then a ``sample_lcm`` result per step count; columns: frames. [3, R*H, F*W] in [0, 1].
 
     Uses the first clip of ``batch``, one repeated noise frame ("shared", LatentSync inference noise).
     """
     b = {k: v[:1] for k, v in batch.items()}
     dev = b["latents"].device
-    noise = video_noise(b["latents"].shape, "shared", torch.Generator(dev).manual_seed(seed), device=dev)
+    noise = repeated_noise(b["latents"].shape, torch.Generator(dev).manual_seed(seed), device=dev)
+    denoiser = StudentDenoiser(model, model.denoiser_settings, acp)
     rows = [vae.decode(b["latents"])]
     for n in steps:
-        x0 = sample_lcm(model, lcm_timesteps(n), noise, b["mask"], b["masked_latents"], b["ref_latents"],
-                        b["audio_embeds"], w=w, alphas_cumprod=acp,
-                        generator=torch.Generator(dev).manual_seed(seed + 1))  # fmt: skip
+        x0 = sample_lcm(denoiser, lcm_timesteps(n), noise, b["mask"], b["masked_latents"], b["ref_latents"],
+                        b["audio_embeds"], w=w, generator=torch.Generator(dev).manual_seed(seed + 1))  # fmt: skip
         rows.append(vae.decode(x0.float()))
     video = torch.cat(rows).float().clamp(-1, 1).add(1).div(2)  # [R, 3, F, H, W]
     r, c, f, h, wd = video.shape

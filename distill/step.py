@@ -40,10 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from student.consistency import add_noise, consistency_x0, solver_pairs
+from student.consistency import SIGMA_DATA, TIMESTEP_SCALING, add_noise, solver_pairs
+from student.denoiser import DenoiserSettings, StudentDenoiser
 from student.sampler import video_noise
+from teacher.conditioning import condition_channels
+from teacher.sampler import GuidedTeacher, ddim_step, ddim_timesteps
 from teacher.sampler import alphas_cumprod as official_alphas_cumprod
-from teacher.sampler import ddim_step, ddim_timesteps, guided_eps
 
 Batch = Mapping[str, torch.Tensor]
 AuxLoss = Callable[[torch.Tensor, Batch], torch.Tensor]
@@ -68,8 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "w_max": 2.0,
     "loss": "huber",
     "huber_c": 0.001,
-    "sigma_data": 0.5,
-    "timestep_scaling": 10.0,
+    "sigma_data": SIGMA_DATA,
+    "timestep_scaling": TIMESTEP_SCALING,
     "recon": {"kind": "mse", "mouth_weight": 1.0},
     "weights": {"recon": 0.0, "anchor": 0.0},
     "anchor": {"samples": 1, "steps": 4},
@@ -149,13 +151,10 @@ def teacher_solver_step(
     """One guided DDIM step of the frozen teacher, x_t -> x_s, no gradient.
 
     x_t [B, 4, F, h, w], cond = cat([mask, masked, ref]) [B, 9, F, h, w], audio [B, F, 50, 384],
-    t, s [B] timesteps, w [B]. One 2B call: unconditional half (all-zero audio) first.
+    t, s [B] timesteps, w [B]. ``teacher.sampler.GuidedTeacher``: one 2B call, all-zero audio first.
     """
     with torch.no_grad():
-        sample = torch.cat([x_t, cond], dim=1).repeat(2, 1, 1, 1, 1)
-        audio = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])
-        eps_uncond, eps_cond = teacher(sample, torch.cat([t, t]), audio).chunk(2)
-        eps = guided_eps(eps_uncond, eps_cond, w.to(x_t.dtype).view(-1, 1, 1, 1, 1))
+        eps = GuidedTeacher(teacher)(x_t, t, cond, audio_embeds, w)
         a_t = alphas_cumprod[t].view(-1, 1, 1, 1, 1)
         a_s = alphas_cumprod[s].view(-1, 1, 1, 1, 1)
         return ddim_step(eps, x_t, a_t, a_s)
@@ -239,7 +238,8 @@ def distill_step(
     latents = batch["latents"]
     b, dev = latents.shape[0], latents.device
     acp = (official_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).to(dev)
-    sd, scale = float(_opt(cfg, "sigma_data")), float(_opt(cfg, "timestep_scaling"))
+    settings = DenoiserSettings.from_mapping({k: _opt(cfg, k) for k in ("sigma_data", "timestep_scaling")})
+    f_student, f_target = StudentDenoiser(student, settings, acp), StudentDenoiser(target, settings, acp)
 
     # n ~ U{0..N-1}: t = t_{n+k}, s = t_n; x_t from the real latents
     gdev = generator.device if generator is not None else dev  # random draws live on the generator's device
@@ -253,16 +253,16 @@ def distill_step(
     eps = video_noise(latents.shape, _opt(cfg, "noise"), generator, float(_opt(cfg, "mixed_noise_alpha")), device=gdev)
     x_t = add_noise(latents, eps.to(device=dev, dtype=latents.dtype), acp[t])
     w = sample_guidance(b, float(_opt(cfg, "w_min")), float(_opt(cfg, "w_max")), generator, gdev).to(dev)
-    cond = torch.cat([batch["mask"], batch["masked_latents"], batch["ref_latents"]], dim=1).to(latents.dtype)
+    cond = condition_channels(batch["mask"], batch["masked_latents"], batch["ref_latents"], latents.dtype)
     audio = batch["audio_embeds"]
 
     # student: f(x_t, t, w), with gradient
-    x0_student = consistency_x0(student(torch.cat([x_t, cond], dim=1), t, audio, w), x_t, t, acp, sd, scale)
+    x0_student = f_student(x_t, t, cond, audio, w)
 
     # teacher: x_t -> x_s (guided DDIM); target: f(x_s, s, w); no gradient
     x_s = teacher_solver_step(teacher, x_t, cond, audio, t, s, w, acp)
     with torch.no_grad():
-        x0_target = consistency_x0(target(torch.cat([x_s, cond], dim=1), s, audio, w), x_s, s, acp, sd, scale)
+        x0_target = f_target(x_s, s, cond, audio, w)
 
     per_sample = consistency_loss(cfg)(x0_student, x0_target)  # [B]
     out: dict[str, torch.Tensor] = {"consistency": per_sample.detach().mean()}

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 TOY_VAE_CONFIG = {
     "in_channels": 3,
@@ -78,6 +77,7 @@ def diffusion_loss(
     and how much is the longer training is not known.
     """
     from student.sampler import video_noise
+    from teacher.conditioning import condition_channels, unet_input
 
     x0 = batch["latents"]
     b = x0.shape[0]
@@ -86,7 +86,7 @@ def diffusion_loss(
     ab = alphas_cumprod[t].view(b, 1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     mask = batch["mask_latent"]  # [B, 1, F, h, w], 1 = keep
-    sample = torch.cat([x_t, mask, batch["masked_latents"], batch["ref_latents"]], dim=1)
+    sample = unet_input(x_t, condition_channels(mask, batch["masked_latents"], batch["ref_latents"]))
     pred = unet(sample, t, batch["audio_embeds"])
     weight = 1 + (mouth_weight - 1) * (1 - mask)
     loss = ((pred - eps).square() * weight).mean()
@@ -97,18 +97,11 @@ def diffusion_loss(
     return loss
 
 
-def latent_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """Pixel mask ``[B, 1, F, R, R]`` -> latent mask ``[B, 1, F, h, h]`` (nearest, as the official pipeline)."""
-    b, _, f, r, _ = mask.shape
-    m = F.interpolate(mask.permute(0, 2, 1, 3, 4).reshape(b * f, 1, r, r), size=(size, size))
-    return m.reshape(b, f, 1, size, size).permute(0, 2, 1, 3, 4)
-
-
 def train_vae(frames: torch.Tensor, cfg: ToyConfig, log=print):
     """Fit the toy ``AutoencoderKL`` to face crops ``[N, 3, R, R]`` in [-1, 1] (L1 + mouth L1 + tiny KL)."""
     from diffusers import AutoencoderKL
 
-    from teacher.face import lower_face_mask
+    from teacher.conditioning import face_mask
     from teacher.vae import VideoVAE
 
     g = torch.Generator().manual_seed(cfg.seed)
@@ -116,7 +109,7 @@ def train_vae(frames: torch.Tensor, cfg: ToyConfig, log=print):
     vae = AutoencoderKL(**TOY_VAE_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.vae_lr, total_steps=cfg.vae_steps, pct_start=0.05)
-    mouth = 1 - torch.as_tensor(lower_face_mask(frames.shape[-1]))
+    mouth = 1 - face_mask(frames.shape[-1])
     t0 = time.time()
     for step in range(cfg.vae_steps):
         x = frames[torch.randint(0, len(frames), (cfg.vae_batch,), generator=g)]
@@ -160,6 +153,7 @@ def train_teacher(
 ):
     """Train the toy LatentSync U-Net on ``ClipDataset(latents=True)`` items (cached VAE posteriors);
     ``init_state`` (a state dict) continues from earlier weights with a fresh optimizer and schedule."""
+    from teacher.conditioning import latent_mask
     from teacher.sampler import alphas_cumprod
     from teacher.unet import LatentSyncUNet
 
@@ -218,12 +212,13 @@ def save_toy(out_dir: str | Path, unet, vae, cfg: ToyConfig, command: str, extra
 def face_frames(root: str | Path, limit: int | None = None) -> torch.Tensor:
     """All aligned face crops of the shards under ``root`` as ``[N, 3, R, R]`` in [-1, 1]."""
     from distill.data import list_shards
+    from teacher.conditioning import crops_to_pixels
     from teacher.media import VideoReader
 
     out = []
     for shard in list_shards(root):
         frames = VideoReader(shard.path / "faces.mp4").get_frames(np.arange(shard.num_frames))
-        out.append(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        out.append(crops_to_pixels(frames).permute(1, 0, 2, 3))
         if limit and sum(len(o) for o in out) >= limit:
             break
     return torch.cat(out)[:limit]

@@ -84,7 +84,7 @@ def _export(args: argparse.Namespace) -> int:
     from distill.export import ExportError, export_run
 
     try:
-        out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, onnx=args.onnx)
+        out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, onnx=args.onnx, steps=args.steps)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -143,11 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides key=value (run.max_steps=100 ...)")
     p.set_defaults(func=_distill)
 
-    p = sub.add_parser("export", help="write a run's student as OUT_DIR/model.safetensors + config.json")
+    p = sub.add_parser("export", help="write a run's student as a self-contained folder (weights, settings, "
+                       "VAE, Whisper, mask)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint directory (default: the latest)")
     p.add_argument("--onnx", action="store_true", help="also export one U-Net step to OUT_DIR/student.onnx")
+    p.add_argument("--steps", type=int, default=1, help="default sampler steps recorded for inference (default: 1)")
     p.set_defaults(func=_export)
     return parser
 

@@ -23,7 +23,12 @@ _EXPORTS = {
     "sample_lcm": "student.sampler",
     "video_noise": "student.sampler",
     "load": "student.io",
+    "load_denoiser": "student.io",
+    "load_bundle": "student.io",
+    "StudentBundle": "student.io",
     "save": "student.io",
+    "StudentDenoiser": "student.denoiser",
+    "DenoiserSettings": "student.denoiser",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports("student", _EXPORTS, globals())

@@ -20,9 +20,11 @@ import torch
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
+from student.denoiser import DenoiserSettings
 from teacher.unet import LatentSyncUNet, normalize_model_config
 
-EXPORT_FORMAT = "turbosync.student/1"
+EXPORT_FORMAT = "turbosync.student/2"  # /2 adds the "denoiser" section
+READABLE_FORMATS = ("turbosync.student/1", EXPORT_FORMAT)  # /1 exports take DenoiserSettings' defaults
 W_SCALE = 1000.0  # diffusers' LCM get_guidance_scale_embedding multiplies w by 1000 as well
 
 # diffusers' LCM-LoRA recipe targets, in this U-Net's module names (attention incl. audio
@@ -57,11 +59,19 @@ class GuidanceEmbedding(nn.Module):
 
 
 class StudentUNet(nn.Module):
-    """Teacher U-Net + guidance embedding. Build with ``from_teacher`` (training) or ``from_export``."""
+    """Teacher U-Net + guidance embedding. Build with ``from_teacher`` (training) or ``from_export``.
 
-    def __init__(self, unet: LatentSyncUNet, w_embed_dim: int = 256, w_scale: float = W_SCALE):
+    ``denoiser_settings`` (``student.DenoiserSettings``): the boundary scalings and schedule the student
+    is trained with and sampled with; saved in the export, read by ``student.StudentDenoiser.from_student``.
+    """
+
+    def __init__(
+        self, unet: LatentSyncUNet, w_embed_dim: int = 256, w_scale: float = W_SCALE,
+        denoiser_settings: DenoiserSettings | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.unet = unet
+        self.denoiser_settings = denoiser_settings or DenoiserSettings()
         temb_dim = 4 * unet.config["block_out_channels"][0]
         self.guidance_embedding = GuidanceEmbedding(temb_dim, w_embed_dim, w_scale)
         self.lora_config: dict[str, Any] | None = None
@@ -70,15 +80,17 @@ class StudentUNet(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_teacher(
-        cls, teacher: LatentSyncUNet, lora: Mapping[str, Any] | None = None, w_embed_dim: int = 256
-    ) -> StudentUNet:
+        cls, teacher: LatentSyncUNet, lora: Mapping[str, Any] | None = None, w_embed_dim: int = 256,
+        denoiser_settings: DenoiserSettings | None = None,
+    ) -> StudentUNet:  # fmt: skip
         """A deep copy of ``teacher``'s weights + a zero guidance embedding.
 
         lora: None = full fine-tuning (every parameter trainable); a mapping with keys of
         ``add_lora`` (``rank``, ``alpha``, ``target_modules``, ``dropout``) = LoRA on the copy,
-        base frozen, guidance embedding trainable.
+        base frozen, guidance embedding trainable. denoiser_settings: those of the distillation config.
         """
-        student = cls(copy.deepcopy(teacher), w_embed_dim=w_embed_dim).train().requires_grad_(True)
+        student = cls(copy.deepcopy(teacher), w_embed_dim=w_embed_dim, denoiser_settings=denoiser_settings)
+        student.train().requires_grad_(True)
         if lora is not None:
             student.add_lora(**dict(lora))
         return student
@@ -143,15 +155,17 @@ class StudentUNet(nn.Module):
             "unet": _jsonable(unet_cfg),
             "w_embed_dim": self.guidance_embedding.embed_dim,
             "w_scale": self.guidance_embedding.scale,
+            "denoiser": self.denoiser_settings.to_dict(),
         }
 
     @classmethod
     def from_export(cls, state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> StudentUNet:
         """Rebuild a plain student from ``student_state_for_export``'s (state, config); strict keys."""
-        if config.get("format") != EXPORT_FORMAT:
+        if config.get("format") not in READABLE_FORMATS:
             raise ValueError(f"not a {EXPORT_FORMAT} config (format={config.get('format')!r})")
         unet = LatentSyncUNet(**dict(config["unet"]))
-        student = cls(unet, w_embed_dim=int(config["w_embed_dim"]), w_scale=float(config["w_scale"]))
+        student = cls(unet, w_embed_dim=int(config["w_embed_dim"]), w_scale=float(config["w_scale"]),
+                      denoiser_settings=DenoiserSettings.from_mapping(config.get("denoiser")))  # fmt: skip
         dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
         if len(dtypes) == 1:
             student.to(dtype=dtypes.pop())

@@ -11,7 +11,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from student.consistency import add_noise, consistency_x0, solver_timesteps
+from student.consistency import add_noise, solver_timesteps
+from student.denoiser import StudentDenoiser, as_denoiser
+from teacher.conditioning import check_condition_shapes, condition_channels
+from teacher.sampler import OFFICIAL_W, repeated_noise
 from teacher.sampler import alphas_cumprod as official_alphas_cumprod
 
 NOISE_MODES = ("shared", "per_frame", "mixed")
@@ -29,7 +32,7 @@ def video_noise(
     """Unit-variance Gaussian noise [B, C, F, h, w] with a chosen structure over frames F:
 
         per_frame: independent per frame (plain LCM / DDPM)
-        shared:    one noise frame repeated over F (LatentSync's inference noise)
+        shared:    one noise frame repeated over F (LatentSync's inference noise, ``repeated_noise``)
         mixed:     sqrt(a^2 / (1 + a^2)) * shared + sqrt(1 / (1 + a^2)) * per_frame, a = mixed_alpha
                    (PYoCo mixed noise, Ge et al. 2023 eq. 4; LatentSync stage 2 uses a = 1, i.e.
                    frame-to-frame correlation a^2 / (1 + a^2) = 0.5)
@@ -39,7 +42,7 @@ def video_noise(
     if mode == "per_frame":
         return torch.randn((b, c, f, h, w), **kw)
     if mode == "shared":
-        return torch.randn((b, c, 1, h, w), **kw).repeat(1, 1, f, 1, 1)
+        return repeated_noise((b, c, f, h, w), **kw).contiguous()
     if mode == "mixed":
         shared = torch.randn((b, c, 1, h, w), **kw)
         individual = torch.randn((b, c, f, h, w), **kw)
@@ -61,25 +64,15 @@ def lcm_timesteps(num_steps: int, original_steps: int = 50, num_train: int = 100
     return grid[torch.from_numpy(idx)]
 
 
-def _check_inputs(noise, mask, masked_latents, ref_latents, audio_embeds) -> None:
-    b, _, f, h, w = noise.shape
-    for name, x, c in (("mask", mask, 1), ("masked_latents", masked_latents, 4), ("ref_latents", ref_latents, 4)):
-        if tuple(x.shape) != (b, c, f, h, w):
-            raise ValueError(f"{name} must have shape {(b, c, f, h, w)}, got {tuple(x.shape)}")
-    if tuple(audio_embeds.shape[:2]) != (b, f):
-        raise ValueError(f"audio_embeds must be [{b}, {f}, S, D], got {tuple(audio_embeds.shape)}")
-
-
 def sample_lcm(
-    student: Callable[..., torch.Tensor],
+    denoiser: StudentDenoiser,
     timesteps: Sequence[int] | torch.Tensor,
     noise: torch.Tensor,
     mask: torch.Tensor,
     masked_latents: torch.Tensor,
     ref_latents: torch.Tensor,
     audio_embeds: torch.Tensor,
-    w: float | torch.Tensor = 1.5,
-    alphas_cumprod: torch.Tensor | None = None,
+    w: float | torch.Tensor = OFFICIAL_W,
     generator: torch.Generator | None = None,
     renoise: str = "per_frame",
     mixed_alpha: float = 1.0,
@@ -87,12 +80,12 @@ def sample_lcm(
     """LCM multistep sampling from x_{t_0} = ``noise``; returns x0 latents [B, 4, F, h, w].
 
     Args:
-        student: ``student(sample, t, audio_embeds, w) -> eps`` with sample = cat([x_t, mask,
-            masked_latents, ref_latents], 1) [B, 13, F, h, w] and t a 0-d LongTensor.
+        denoiser: a ``student.StudentDenoiser`` (or a ``StudentUNet`` carrying its denoiser settings,
+            as ``student.load`` returns it): ``denoiser(x_t, t, cond, audio, w) -> x0``; its settings
+            (boundary scalings, alpha_bar) are the ones the student was distilled with.
         timesteps: descending train timesteps, e.g. ``lcm_timesteps(4)`` = [999, 759, 499, 259].
         noise, masked_latents, ref_latents: [B, 4, F, h, w]; mask [B, 1, F, h, w] (1 = keep).
         audio_embeds: [B, F, 50, 384]. w: guidance scale s fed to the student (float or [B]).
-        alphas_cumprod: alpha_bar [T] (default: the teacher's official schedule).
         generator: draws the fresh noise z of each re-noising step.
         renoise: where the re-noising z comes from.
             fresh noise, structured over frames like ``video_noise``: "per_frame" (LCMScheduler's
@@ -106,18 +99,17 @@ def sample_lcm(
                            DDIM jump on the student's x0 (equal to ``teacher.sampler.ddim_step``
                            where the boundary scaling c_skip is 0).
 
-    At step i: x0 = consistency_x0(student(x_{t_i}), x_{t_i}, t_i); unless i is the last step,
+    At step i: x0 = denoiser(x_{t_i}, t_i); unless i is the last step,
     x_{t_{i+1}} = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) z at t_{i+1} (LCM Algorithm 3).
     """
-    _check_inputs(noise, mask, masked_latents, ref_latents, audio_embeds)
-    acp = official_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
-    cond = torch.cat([mask, masked_latents, ref_latents], dim=1).to(noise.dtype)  # [B, 9, F, h, w]
+    check_condition_shapes(noise, mask, masked_latents, ref_latents, audio_embeds)
+    denoiser = as_denoiser(denoiser)
+    cond = condition_channels(mask, masked_latents, ref_latents, noise.dtype)  # [B, 9, F, h, w]
 
     def x0_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = student(torch.cat([x_t, cond], dim=1), t.to(noise.device), audio_embeds, w)
-        return consistency_x0(eps, x_t, t, acp)
+        return denoiser(x_t, t.to(noise.device), cond, audio_embeds, w)
 
-    return lcm_multistep(x0_fn, timesteps, noise, acp, generator, renoise, mixed_alpha)
+    return lcm_multistep(x0_fn, timesteps, noise, denoiser.alphas_cumprod, generator, renoise, mixed_alpha)
 
 
 def lcm_multistep(

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-FPS = 25
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+from teacher.audio import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
+from teacher.sampler import OFFICIAL_W
 
 
 @dataclass
@@ -33,7 +32,7 @@ class TeacherParts:
     mask: torch.Tensor  # [1, 1, res, res], 1 = keep
     timesteps: torch.Tensor
     alphas_cumprod: torch.Tensor
-    guidance_scale: float = 1.5
+    w: float = OFFICIAL_W  # guidance scale s
     num_frames: int = 16
 
     @property
@@ -41,10 +40,12 @@ class TeacherParts:
         return self.mask.shape[-1]
 
 
-def build_teacher(cfg, steps: int | None = None, device: str = "cpu") -> TeacherParts:
-    """Instantiate U-Net, VAE, Whisper, face aligner, mask and DDIM schedule from a teacher config."""
+def build_teacher_parts(cfg, steps: int | None = None, device: str = "cpu") -> TeacherParts:
+    """Instantiate U-Net, VAE, Whisper, face aligner, mask and DDIM schedule from a teacher config
+    (a ``configs/teacher`` preset); ``steps`` overrides ``sampler.num_inference_steps``."""
     import configs
-    from teacher.face import FaceAligner, load_mask_image, lower_face_mask
+    from teacher.conditioning import face_mask
+    from teacher.face import FaceAligner
     from teacher.loading import freeze
     from teacher.sampler import alphas_cumprod, ddim_timesteps
 
@@ -52,9 +53,7 @@ def build_teacher(cfg, steps: int | None = None, device: str = "cpu") -> Teacher
     unet = freeze(configs.instantiate(cfg.unet)).to(device)
     vae = freeze(configs.instantiate(cfg.vae)).to(device)
     whisper = configs.instantiate(cfg.whisper)
-    mask_path = cfg.data.get("mask_image_path")
-    mask = load_mask_image(mask_path, res) if mask_path else lower_face_mask(res)
-    mask = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None].to(device)
+    mask = face_mask(res, cfg.data.get("mask_image_path"))[None, None].to(device)
     sched = dict(cfg.scheduler.config)
     n = steps or int(cfg.sampler.num_inference_steps)
     return TeacherParts(
@@ -65,7 +64,7 @@ def build_teacher(cfg, steps: int | None = None, device: str = "cpu") -> Teacher
         mask=mask,
         timesteps=ddim_timesteps(n, sched.get("timestep_spacing", "leading"), steps_offset=sched["steps_offset"]),
         alphas_cumprod=alphas_cumprod(sched),
-        guidance_scale=float(cfg.sampler.guidance_scale),
+        w=float(cfg.sampler.w),
         num_frames=int(cfg.data.num_frames),
     )
 
@@ -93,12 +92,6 @@ class LipsyncResult:
         return f"{len(self.frames)} frames, {len(self.faceless)} without a face passed through ({t}){where}"
 
 
-def to_pixels(crops: np.ndarray, device) -> torch.Tensor:
-    """uint8 ``[F, res, res, 3]`` -> float ``[1, 3, F, res, res]`` in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).float() / 127.5 - 1.0
-    return x.permute(3, 0, 1, 2)[None]
-
-
 def lipsync(
     parts: TeacherParts, frames: np.ndarray, audio: np.ndarray, seed: int = 0, progress: bool = True
 ) -> LipsyncResult:
@@ -106,8 +99,16 @@ def lipsync(
     from tqdm import tqdm
 
     from teacher.audio import whisper_features
+    from teacher.conditioning import (
+        composite,
+        crops_to_pixels,
+        encode_condition,
+        latent_mask,
+        paste_faces,
+        pixels_to_uint8,
+    )
     from teacher.face import align_video
-    from teacher.sampler import sample_ddim
+    from teacher.sampler import repeated_noise, sample_ddim
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -127,36 +128,33 @@ def lipsync(
     dtype = next(parts.unet.parameters()).dtype
     g = torch.Generator(device="cpu").manual_seed(seed)
     h = parts.resolution // parts.vae.scale_factor
-    noise_frame = torch.randn(1, 4, 1, h, h, generator=g)  # one noise frame for the whole video
+    noise = repeated_noise((1, 4, parts.num_frames, h, h), g)  # one noise frame for the whole video
     out = frames.copy()
     t_gen = time.perf_counter()
     chunks = [with_face[i : i + parts.num_frames] for i in range(0, len(with_face), parts.num_frames)]
+    mask_px = parts.mask[:, :, None]  # [1, 1, 1, res, res]
     for idx in tqdm(chunks, desc="teacher chunks", disable=not progress):
-        crops = np.stack([aligned[i].crop for i in idx])
-        pixels = to_pixels(crops, device)  # [1, 3, F, res, res]
-        mask_px = parts.mask[:, :, None]  # [1, 1, 1, res, res]
+        f = len(idx)
+        pixels = crops_to_pixels(np.stack([aligned[i].crop for i in idx]))[None].to(device)  # [1, 3, F, res, res]
         with torch.no_grad():
-            masked_lat = parts.vae.encode(pixels * mask_px, generator=g)
-            ref_lat = parts.vae.encode(pixels, generator=g)
-            f = len(idx)
-            mask_lat = F.interpolate(parts.mask, size=(h, h)).expand(f, -1, -1, -1)
-            mask_lat = mask_lat.permute(1, 0, 2, 3)[None]  # [1, 1, F, h, h]
+            masked_lat, ref_lat = encode_condition(parts.vae, pixels, mask_px, generator=g)
+            mask_lat = latent_mask(mask_px.expand(-1, -1, f, -1, -1), h)  # [1, 1, F, h, h]
             x0 = sample_ddim(
                 parts.unet,
                 parts.timesteps,
-                noise_frame.expand(-1, -1, f, -1, -1).to(device, dtype),
+                noise[:, :, :f].to(device, dtype),
                 mask_lat.to(dtype),
                 masked_lat.to(dtype),
                 ref_lat.to(dtype),
                 audio_embeds[idx][None].to(device, dtype),
-                guidance_scale=parts.guidance_scale,
+                w=parts.w,
                 alphas_cumprod=parts.alphas_cumprod,
             )
-            decoded = parts.vae.decode(x0.float())
-            face = decoded * (1 - mask_px) + pixels * mask_px  # keep pixels outside the mask
-        face = face[0].permute(1, 2, 3, 0).clamp(-1, 1).add(1).mul(127.5).round().byte().cpu().numpy()
-        for j, i in enumerate(idx):
-            out[i] = parts.aligner.restore(frames[i], face[j], aligned[i])
+            face = composite(parts.vae.decode(x0.float()), pixels, mask_px)  # keep pixels outside the mask
+        faces = pixels_to_uint8(face[0].permute(1, 2, 3, 0)).cpu().numpy()
+        pasted = paste_faces([frames[i] for i in idx], faces, [aligned[i] for i in idx], parts.aligner)
+        for i, frame in zip(idx, pasted):
+            out[i] = frame
     times["generate"] = time.perf_counter() - t_gen
     return LipsyncResult(
         frames=out,
@@ -170,10 +168,10 @@ def run_teacher(cfg, frames, audio, out_path, steps=None, seed: int = 0, device:
     """Build the teacher from ``cfg``, lip-sync ``frames`` to ``audio`` and write an mp4 with the audio."""
     from teacher.media import write_video
 
-    parts = build_teacher(cfg, steps=steps, device=device)
+    parts = build_teacher_parts(cfg, steps=steps, device=device)
     result = lipsync(parts, frames, audio, seed=seed)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(out_path, result.frames, fps=FPS, audio=result.audio, sample_rate=16000)
+    write_video(out_path, result.frames, fps=VIDEO_FPS, audio=result.audio, sample_rate=SAMPLE_RATE)
     result.out_path = out_path
     return result

@@ -4,12 +4,14 @@ Symbols follow the DDIM paper (Song et al. 2021) and LatentSync:
     alpha_bar_t   cumulative product of (1 - beta) at train timestep t
     x_t           noisy latent at t, eps the U-Net's noise prediction
     x0            predicted clean latent
-    w             guidance scale (LatentSync's s; 1.5 official, 1 = no guidance)
+    w             guidance scale: LatentSync's s, guided = uncond + s (cond - uncond); 1.5 official
+                  (``OFFICIAL_W``), 1 = no guidance. diffusers' LCM scripts embed s - 1 instead.
 
 The official scheduler is diffusers' ``DDIMScheduler`` with LatentSync's
 configs/scheduler_config.json (``OFFICIAL_SCHEDULER_CONFIG``), eta = 0, 20 "leading" steps.
-The formulas below (x0 prediction, DDIM step, guidance) are defined once here; student
-and distillation code import them.
+The formulas below (x0 prediction, DDIM step, guidance), the guided teacher call (``GuidedTeacher``,
+the 2x batch with all-zero audio) and LatentSync's initial noise (``repeated_noise``) are defined
+once here; student, distillation and inference code import them.
 """
 
 from __future__ import annotations
@@ -38,10 +40,15 @@ OFFICIAL_SCHEDULER_CONFIG: dict[str, Any] = {
     "timestep_spacing": "leading",
 }
 
+# LatentSync's guidance scale s (its pipeline's ``guidance_scale`` default, configs/*.yaml); every
+# default guidance in this project is this constant.
+OFFICIAL_W = 1.5
+
 _IGNORED_KEYS = {"skip_prk_steps"}
 SPACINGS = ("leading", "trailing", "linspace")
 
-Alpha = float | torch.Tensor
+Tensor = torch.Tensor
+Alpha = float | Tensor
 
 
 # --------------------------------------------------------------------------- schedule
@@ -132,25 +139,53 @@ def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, w: float | torc
     return eps_uncond + w * (eps_cond - eps_uncond)
 
 
-# --------------------------------------------------------------------------- sampler
-def _unet_eps(unet: Callable, sample: torch.Tensor, t: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-    """eps [B, 4, F, h, w] from a U-Net returning a tensor or an object with ``.sample``."""
-    out = unet(sample, t, audio)
+# --------------------------------------------------------------------------- noise
+def repeated_noise(
+    shape, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, device="cpu"
+) -> torch.Tensor:
+    """One Gaussian noise frame repeated over the frames: ``[B, C, F, h, w]`` (an expanded view of one
+    ``[B, C, 1, h, w]`` draw). LatentSync's initial noise: one frame for the whole video.
+    """
+    b, c, f, h, w = shape
+    return torch.randn((b, c, 1, h, w), generator=generator, dtype=dtype, device=device).expand(-1, -1, f, -1, -1)
+
+
+# --------------------------------------------------------------------------- the guided teacher
+def _as_eps(out) -> torch.Tensor:
+    """eps from a U-Net returning a tensor or an object with ``.sample``."""
     return out.sample if hasattr(out, "sample") else out
 
 
-def _check_inputs(noise, mask, masked_latents, ref_latents, audio_embeds) -> None:
-    if noise.ndim != 5:
-        raise ValueError(f"noise must be [B, C, F, h, w], got {tuple(noise.shape)}")
-    b, _, f, h, w = noise.shape
-    for name, x in (("mask", mask), ("masked_latents", masked_latents), ("ref_latents", ref_latents)):
-        want = (b, 1 if name == "mask" else x.shape[1], f, h, w)
-        if x.ndim != 5 or tuple(x.shape) != want:
-            raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
-    if audio_embeds.ndim != 4 or tuple(audio_embeds.shape[:2]) != (b, f):
-        raise ValueError(f"audio_embeds must be [{b}, {f}, S, D], got {tuple(audio_embeds.shape)}")
+class GuidedTeacher:
+    """The teacher U-Net under classifier-free guidance: ``GuidedTeacher(unet)(x_t, t, cond, audio, w) -> eps``.
+
+    The one place the guided 2x batch is built: unconditional half first, with all-zero audio
+    embeddings (LatentSync's unconditional branch; the teacher never saw audio dropout), then
+    ``guided_eps``. w = 1 (a number) skips the unconditional half (its weight is 0).
+
+    Args of the call: x_t [B, 4, F, h, w]; t a 0-d or [B] LongTensor; cond [B, 9, F, h, w]
+    (``teacher.conditioning.condition_channels``); audio [B, F, 50, 384]; w a float or a [B] tensor.
+    Stateless apart from the frozen network; the student's counterpart is ``student.StudentDenoiser``.
+    """
+
+    def __init__(self, unet: Callable):
+        self.unet = unet
+
+    def __call__(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, audio_embeds: torch.Tensor, w: float | Tensor
+    ) -> torch.Tensor:
+        sample = torch.cat([x_t, cond], dim=1)
+        if not isinstance(w, torch.Tensor) and float(w) == 1.0:
+            return _as_eps(self.unet(sample, t, audio_embeds))
+        tt = torch.cat([t, t]) if t.ndim == 1 else t
+        audio = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])  # uncond half first
+        eps_uncond, eps_cond = _as_eps(self.unet(torch.cat([sample, sample]), tt, audio)).chunk(2)
+        if isinstance(w, torch.Tensor):
+            w = w.to(x_t.dtype).view(-1, 1, 1, 1, 1)
+        return guided_eps(eps_uncond, eps_cond, w)
 
 
+# --------------------------------------------------------------------------- sampler
 def sample_ddim(
     unet: Callable,
     timesteps: Sequence[int] | torch.Tensor,
@@ -159,7 +194,7 @@ def sample_ddim(
     masked_latents: torch.Tensor,
     ref_latents: torch.Tensor,
     audio_embeds: torch.Tensor,
-    guidance_scale: float = 1.5,
+    w: float | torch.Tensor = OFFICIAL_W,
     alphas_cumprod: torch.Tensor | None = None,
     final_alpha_cumprod: Alpha | None = None,
     progress: bool = False,
@@ -169,12 +204,12 @@ def sample_ddim(
     Args:
         unet: called as ``unet(sample, t, audio_embeds)`` with sample = cat([x_t, mask,
             masked_latents, ref_latents], dim=1) [B', 13, F, h, w] and t a 0-d LongTensor;
-            returns eps [B', 4, F, h, w] (a tensor, or an object with ``.sample``).
+            returns eps [B', 4, F, h, w] (a tensor, or an object with ``.sample``). Run through
+            ``GuidedTeacher``.
         timesteps: descending train timesteps, e.g. ``ddim_timesteps(20)``.
         noise, masked_latents, ref_latents: [B, 4, F, h, w]; mask: [B, 1, F, h, w] (1 = keep).
         audio_embeds: [B, F, 50, 384] Whisper features.
-        guidance_scale: w. If w > 1, one U-Net call on a 2B batch, unconditional half first
-            with all-zero audio, then ``guided_eps``; otherwise one conditional call.
+        w: guidance scale s (float or [B]); 1.5 official. w = 1: one conditional call per step.
         alphas_cumprod: alpha_bar [T] (default: the official schedule).
         final_alpha_cumprod: alpha_bar after the last step (default alphas_cumprod[0], since
             the official config has set_alpha_to_one = false).
@@ -183,18 +218,15 @@ def sample_ddim(
     ``DDIMScheduler.step`` instead goes to t_i - T // N, which is the same thing for every
     "leading" spacing and for "trailing" when N divides T (1, 2, 4, 5, 10, 20, ...).
     """
-    _check_inputs(noise, mask, masked_latents, ref_latents, audio_embeds)
+    from teacher.conditioning import check_condition_shapes, condition_channels
+
+    check_condition_shapes(noise, mask, masked_latents, ref_latents, audio_embeds)
     ts = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1).to(noise.device)
     acp = make_ddim_scheduler().alphas_cumprod if alphas_cumprod is None else alphas_cumprod
     acp = acp.to(noise.device)
     a_final = acp[0] if final_alpha_cumprod is None else final_alpha_cumprod
-    guided = guidance_scale > 1.0
-
-    cond = torch.cat([mask, masked_latents, ref_latents], dim=1).to(noise.dtype)  # [B, 9, F, h, w]
-    audio = audio_embeds
-    if guided:
-        cond = torch.cat([cond, cond])
-        audio = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])  # uncond half first
+    teacher = GuidedTeacher(unet)
+    cond = condition_channels(mask, masked_latents, ref_latents, noise.dtype)  # [B, 9, F, h, w]
 
     steps = range(len(ts))
     if progress:
@@ -204,11 +236,7 @@ def sample_ddim(
     x_t = noise
     for i in steps:
         t = ts[i]
-        x_in = torch.cat([x_t, x_t]) if guided else x_t
-        eps = _unet_eps(unet, torch.cat([x_in, cond], dim=1), t, audio)
-        if guided:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = guided_eps(eps_uncond, eps_cond, guidance_scale)
+        eps = teacher(x_t, t, cond, audio_embeds, w)
         a_prev = acp[ts[i + 1]] if i + 1 < len(ts) else a_final
         x_t = ddim_step(eps, x_t, acp[t], a_prev)
     return x_t

@@ -7,7 +7,7 @@ Each item is an F-frame window of one shard::
     masked_frames   float32 [3, F, R, R]  frames * mask
     ref_frames      float32 [3, F, R, R]  reference: another window of the same shard
                                           (LatentSync training) or the same frames (inference)
-    audio_embeds    float32 [F, 50, 384]  Whisper token sets (steps 2i-4 .. 2i+5, clamped to the file)
+    audio_embeds    float32 [F, 50, 384]  Whisper token sets (``teacher.audio.frame_step_indices``)
     audio           float32 [F * 640]     16 kHz samples of the window
     mouth_open      float32 [F]           synthetic ground truth when the shard has it, else absent
     shard, start    int                   where the window comes from
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-STEPS_PER_FRAME, PAST_STEPS, FUTURE_STEPS = 2, 4, 5
-SAMPLES_PER_FRAME = 640
+from teacher.audio import SAMPLES_PER_FRAME, frame_step_indices
+from teacher.conditioning import crops_to_pixels, face_mask, masked_pixels
 
 
 @dataclass
@@ -53,10 +53,9 @@ def list_shards(root: str | Path, min_frames: int = 1) -> list[Shard]:
 
 
 def window_steps(meta: dict, start: int, num_frames: int) -> np.ndarray:
-    """Indices into the shard's ``whisper.npy`` for frames ``start..start+F``: ``[F, 10]``."""
-    g = meta["start_frame"] + start + np.arange(num_frames)  # frame index in the source file
-    steps = STEPS_PER_FRAME * g[:, None] + np.arange(-PAST_STEPS, FUTURE_STEPS + 1)[None]
-    steps = np.clip(steps, 0, meta["whisper_total_steps"] - 1)
+    """Indices into the shard's ``whisper.npy`` for frames ``start..start+F``: ``[F, 10]`` (the official
+    window rule of ``teacher.audio.frame_step_indices`` on the source file, minus the shard's offset)."""
+    steps = frame_step_indices(num_frames, meta["whisper_total_steps"], meta["start_frame"] + start).numpy()
     return steps - meta["whisper_step_offset"]
 
 
@@ -86,11 +85,7 @@ class ClipDataset(Dataset):
         if not self.shards:
             raise ValueError(f"no shard in {root} has {num_frames} frames")
         self.resolution = int(self.shards[0].meta["resolution"])
-        if mask is None:
-            from teacher.face import lower_face_mask
-
-            mask = lower_face_mask(self.resolution)
-        self.mask = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        self.mask = face_mask(self.resolution) if mask is None else torch.as_tensor(np.asarray(mask, np.float32))
         stride = stride or max(1, num_frames // 2)
         self.index = [
             (k, s) for k, sh in enumerate(self.shards) for s in range(0, sh.num_frames - num_frames + 1, stride)
@@ -136,21 +131,16 @@ class ClipDataset(Dataset):
             "start": start,
         }
         if self.pixels:
-            frames = self._to_tensor(self._frames(k, start))
+            frames = crops_to_pixels(self._frames(k, start))
             item["frames"] = frames
-            item["masked_frames"] = frames * mask
-            item["ref_frames"] = frames if ref_start == start else self._to_tensor(self._frames(k, ref_start))
+            item["masked_frames"] = masked_pixels(frames, mask)
+            item["ref_frames"] = frames if ref_start == start else crops_to_pixels(self._frames(k, ref_start))
         truth = shard.meta.get("ground_truth", {})
         if "mouth_open" in truth:
             item["mouth_open"] = torch.tensor(truth["mouth_open"][start : start + f], dtype=torch.float32)
         if self.latents:
             item.update(self._sample_latents(k, start, ref_start, rng))
         return item
-
-    @staticmethod
-    def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-        """uint8 ``[F, R, R, 3]`` -> float ``[3, F, R, R]`` in [-1, 1]."""
-        return torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)
 
     def _sample_latents(self, k: int, start: int, ref_start: int, rng: np.random.Generator) -> dict:
         cache = np.load(self.shards[k].path / "latents.npz")
@@ -171,7 +161,6 @@ def encode_latents(root: str | Path, vae, mask: np.ndarray | None = None, batch:
     """Cache VAE posteriors (mean, std) of every shard's frames and masked frames in ``latents.npz``."""
     from tqdm import tqdm
 
-    from teacher.face import lower_face_mask
     from teacher.media import VideoReader
 
     shards = list_shards(root)
@@ -180,10 +169,10 @@ def encode_latents(root: str | Path, vae, mask: np.ndarray | None = None, batch:
         if target.is_file():
             continue
         reader = VideoReader(shard.path / "faces.mp4")
-        frames = ClipDataset._to_tensor(reader.get_frames(np.arange(shard.num_frames)))  # [3, T, R, R]
-        m = torch.as_tensor(mask if mask is not None else lower_face_mask(frames.shape[-1]))
+        frames = crops_to_pixels(reader.get_frames(np.arange(shard.num_frames)))  # [3, T, R, R]
+        m = face_mask(frames.shape[-1]) if mask is None else torch.as_tensor(mask)
         stats = {}
-        for key, video in (("frames", frames), ("masked", frames * m)):
+        for key, video in (("frames", frames), ("masked", masked_pixels(frames, m))):
             means, stds = [], []
             for s in range(0, shard.num_frames, batch):
                 x = video[:, s : s + batch].permute(1, 0, 2, 3).to(vae.device, vae.dtype)

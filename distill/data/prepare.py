@@ -31,14 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from teacher.audio import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_step_indices
+from teacher.audio import VIDEO_FPS as FPS
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
-STEPS_PER_FRAME = 2  # Whisper runs at 50 Hz
-PAST_STEPS, FUTURE_STEPS = 4, 5  # frame i uses steps 2i-4 .. 2i+5
 
 
 @dataclass
@@ -109,10 +107,9 @@ def segments(num_frames: int, cuts: list[int], has_face: np.ndarray, min_frames:
 
 
 def whisper_step_range(start: int, end: int, total_steps: int) -> tuple[int, int]:
-    """Whisper steps ``[lo, hi)`` that frames ``[start, end)`` read (clamped to the file)."""
-    lo = max(0, STEPS_PER_FRAME * start - PAST_STEPS)
-    hi = min(total_steps, STEPS_PER_FRAME * (end - 1) + FUTURE_STEPS + 1)
-    return lo, hi
+    """Whisper steps ``[lo, hi)`` that frames ``[start, end)`` read (``teacher.audio.frame_step_indices``)."""
+    steps = frame_step_indices(end - start, total_steps, start)
+    return int(steps.min()), int(steps.max()) + 1
 
 
 def _ground_truth(source: Path, start: int, end: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def test_teacher_model_sections_are_valid(preset):
     cfg = configs.load(preset)
     full = normalize_model_config(OmegaConf.to_container(cfg.model))
     assert full["in_channels"] == 13 and full["out_channels"] == 4 and full["cross_attention_dim"] == 384
-    assert cfg.sampler.num_inference_steps == 20 and cfg.sampler.guidance_scale == 1.5
+    assert cfg.sampler.num_inference_steps == 20 and cfg.sampler.w == 1.5
     assert cfg.scheduler.config.steps_offset == 1 and cfg.scheduler.config.set_alpha_to_one is False
 
 
@@ -39,14 +39,14 @@ def test_official_presets_match_resolution():
 
 
 def test_overrides():
-    cfg = configs.load("teacher/tiny", ["sampler.guidance_scale=2.0", "files.unet=/x/u.pt", "+extra.depth=3"])
-    assert cfg.sampler.guidance_scale == 2.0
+    cfg = configs.load("teacher/tiny", ["sampler.w=2.0", "files.unet=/x/u.pt", "+extra.depth=3"])
+    assert cfg.sampler.w == 2.0
     assert cfg.unet.ckpt_path == "/x/u.pt"  # interpolation follows the override
     assert cfg.extra.depth == 3
     with pytest.raises(KeyError, match="sampler.guidance"):
         configs.load("teacher/tiny", ["sampler.guidance=2.0"])
     with pytest.raises(ValueError, match="key=value"):
-        configs.load("teacher/tiny", ["sampler.guidance_scale"])
+        configs.load("teacher/tiny", ["sampler.w"])
     with pytest.raises(FileNotFoundError, match="presets: .*teacher/tiny"):
         configs.load("teacher/nope")
 

@@ -32,7 +32,7 @@ def setup():
 
 def _ddim(unet, win, ts, x):
     return sample_ddim(unet, ts, x, win.mask_latent, win.masked_latents, win.ref_latents, win.audio_embeds,
-                       guidance_scale=1.5, alphas_cumprod=alphas_cumprod())  # fmt: skip
+                       w=1.5, alphas_cumprod=alphas_cumprod())  # fmt: skip
 
 
 def test_one_step_oracle_is_the_lcd_solver_trajectory(setup):

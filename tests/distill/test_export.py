@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 import configs
 from distill import recipe
 from scripts.cli import main
+from student.model import StudentUNet
 from tests.distill.test_recipe import ROOT, _fresh_accelerate_state, _overrides, data_root  # noqa: F401
 from tests.student import rel_err
 
@@ -117,3 +119,86 @@ def test_onnx_export(data_root, tmp_path):  # noqa: F811
     model = onnx.load(str(tmp_path / "export" / "student.onnx"))
     onnx.checker.check_model(model)
     assert [i.name for i in model.graph.input][:4] == ["sample", "t", "audio_embeds", "w"]
+
+
+ALONE = """
+import sys, torch
+for name in {blocked!r}:
+    sys.modules[name] = None
+import student
+from student.sampler import lcm_timesteps, sample_lcm
+from teacher.conditioning import encode_condition, latent_mask
+from teacher.sampler import repeated_noise
+b = student.load_bundle(sys.argv[1])
+r, f = b.resolution, b.num_frames
+h = r // b.vae.scale_factor
+g = torch.Generator().manual_seed(0)
+pixels = torch.rand(1, 3, f, r, r, generator=g) * 2 - 1
+mask = b.mask.expand(1, 1, f, r, r)
+with torch.no_grad():
+    masked, ref = encode_condition(b.vae, pixels, mask, g)
+    audio = b.whisper.features(torch.randn(f * 640, generator=g).numpy() * 0.1)[None]
+    x0 = sample_lcm(b.denoiser, lcm_timesteps(b.steps), repeated_noise((1, 4, f, h, h), g),
+                    latent_mask(mask, h), masked, ref, audio, w=b.w)
+    frames = b.vae.decode(x0)
+assert torch.isfinite(frames).all() and frames.shape == (1, 3, f, r, r), frames.shape
+print(b.steps, b.num_frames, b.resolution, b.denoiser.settings.timestep_scaling)
+"""
+
+
+def test_export_folder_alone_runs_the_student(data_root, tmp_path):  # noqa: F811
+    """The export is self-contained: copied alone elsewhere, it rebuilds the student with the denoiser
+    settings it was trained with (not the defaults) and runs a sampler step through its own VAE and Whisper."""
+    import shutil
+
+    run = _train(tmp_path / "run", data_root, "distill.timestep_scaling=8.0")
+    assert main(["export", str(run.out), str(tmp_path / "export"), "--steps", "2"]) == 0
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["denoiser"]["timestep_scaling"] == 8.0 and config["denoiser"]["sigma_data"] == 0.5
+    assert config["inference"] | {"teacher": None} == {"resolution": 64, "num_frames": 4, "steps": 2, "w": 1.5,
+                                                        "vae": None, "whisper": None, "mask": None, "teacher": None}
+    alone = tmp_path / "elsewhere" / "student"
+    shutil.copytree(tmp_path / "export", alone)
+    shutil.rmtree(run.out)  # nothing of the run is left
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", ALONE.format(blocked=BLOCKED), str(alone)], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["2", "4", "64", "8.0"]
+
+
+def test_export_copies_the_teachers_files(tmp_path):
+    """VAE folder, Whisper file and mask image named by the teacher config are copied into the export,
+    and ``load_bundle`` reads them from there; a missing one is a clear error."""
+    import cv2
+    from omegaconf import OmegaConf
+
+    import student
+    from distill.export import ExportError, copy_inference_files
+    from tests.student import tiny_teacher
+
+    mask = np.ones((32, 32), np.uint8) * 255
+    mask[20:] = 0
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    (tmp_path / "tiny.pt").write_bytes(b"not read by the copy")
+    tcfg = OmegaConf.create({"name": "t", "files": {"vae": str(ROOT / "assets/toy_teacher/vae"),
+                             "whisper": str(tmp_path / "tiny.pt")},
+                             "data": {"resolution": 64, "num_frames": 4, "mask_image_path": str(tmp_path / "mask.png")},
+                             "sampler": {"w": 1.5}})  # fmt: skip
+    out = tmp_path / "export"
+    inference = copy_inference_files(tcfg, out, steps=1)
+    assert (inference["vae"], inference["whisper"], inference["mask"]) == ("vae", "whisper/tiny.pt", "mask/mask.png")
+    assert (out / "vae" / "config.json").is_file() and (out / "whisper" / "tiny.pt").is_file()
+    inference["whisper"] = None  # the bytes above are not a checkpoint
+    net = StudentUNet.from_teacher(tiny_teacher())
+    student.save(net, out, inference=inference)
+    bundle = student.load_bundle(out)
+    scale = json.loads((out / "vae/config.json").read_text())["scaling_factor"]
+    assert bundle.vae.scaling_factor == pytest.approx(scale)
+    assert float(bundle.mask[:20].min()) == 1.0 and float(bundle.mask[-8:].max()) == 0.0
+    tcfg.files.vae = str(tmp_path / "nowhere")
+    with pytest.raises(ExportError, match="nowhere"):
+        copy_inference_files(tcfg, tmp_path / "export2", steps=1)
+    (out / "mask" / "mask.png").unlink()
+    with pytest.raises(student.io.NotAnExportError, match="incomplete"):
+        student.load_bundle(out)

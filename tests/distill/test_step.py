@@ -244,7 +244,7 @@ def test_teacher_trajectory_is_the_teachers_trailing_ddim(teacher, batch):
     with torch.no_grad():
         b = batch
         want = sample_ddim(teacher, ddim_timesteps(4, "trailing"), x, b["mask"], b["masked_latents"], b["ref_latents"],
-                           b["audio_embeds"], guidance_scale=1.5, alphas_cumprod=acp)  # fmt: skip
+                           b["audio_embeds"], w=1.5, alphas_cumprod=acp)  # fmt: skip
     assert rel_err(got, want) < 1e-5
     with pytest.raises(ValueError, match="starts at 999"):
         teacher_trajectory(teacher, x, cond, batch["audio_embeds"], 979, 4, torch.full((B,), 1.5), acp)

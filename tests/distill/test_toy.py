@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.toy import ToyConfig, calibrate_scaling, diffusion_loss, latent_mask, train_teacher
+from distill.toy import ToyConfig, calibrate_scaling, diffusion_loss, train_teacher
 from student.sampler import video_noise
 from teacher.sampler import alphas_cumprod
 
@@ -52,14 +52,6 @@ def test_diffusion_loss_perfect_model_is_zero():
     oracle = lambda sample, t_, audio: eps  # noqa: E731
     loss = diffusion_loss(oracle, batch, acp, 4.0, 1.0, torch.Generator().manual_seed(1), x0_weight=1.0)
     assert loss.item() < 1e-8
-
-
-def test_latent_mask_is_nearest_downsampling():
-    mask = torch.ones(1, 1, 2, 16, 16)
-    mask[..., 8:, :] = 0
-    m = latent_mask(mask, 4)
-    assert m.shape == (1, 1, 2, 4, 4)
-    assert torch.equal(m[0, 0, 0], torch.tensor([[1.0] * 4, [1.0] * 4, [0.0] * 4, [0.0] * 4]))
 
 
 def test_calibrate_scaling_gives_unit_variance_latents():

@@ -10,6 +10,7 @@ import torch
 from diffusers import LCMScheduler
 
 from student.consistency import add_noise, boundary_scalings, consistency_x0, solver_pairs, solver_timesteps
+from student.denoiser import StudentDenoiser
 from student.model import StudentUNet
 from student.sampler import lcm_timesteps, sample_lcm, video_noise
 from teacher.sampler import alphas_cumprod
@@ -170,8 +171,8 @@ def test_sample_lcm_renoise_structure_and_purity():
     ts = lcm_timesteps(4)
 
     def run(mode, seed=1):
-        return sample_lcm(fake, ts, noise, mask, masked, ref, audio, generator=torch.Generator().manual_seed(seed),
-                          renoise=mode)  # fmt: skip
+        return sample_lcm(StudentDenoiser(fake), ts, noise, mask, masked, ref, audio,
+                          generator=torch.Generator().manual_seed(seed), renoise=mode)  # fmt: skip
 
     shared = run("shared")
     assert torch.equal(shared[:, :, 0], shared[:, :, 1]) and torch.equal(shared[:, :, 1], shared[:, :, 2])
@@ -180,7 +181,7 @@ def test_sample_lcm_renoise_structure_and_purity():
     assert torch.equal(run("per_frame"), per_frame)  # pure: same inputs and seed, same output
     assert not torch.equal(run("per_frame", seed=2), per_frame)
     with pytest.raises(ValueError, match="mask"):
-        sample_lcm(fake, ts, noise, mask[:, :, :2], masked, ref, audio)
+        sample_lcm(StudentDenoiser(fake), ts, noise, mask[:, :, :2], masked, ref, audio)
 
 
 def test_sample_lcm_deterministic_renoise_closed_forms():
@@ -203,7 +204,8 @@ def test_sample_lcm_deterministic_renoise_closed_forms():
     for mode in ("initial", "ddim"):
         calls.clear()
         with torch.no_grad():
-            sample_lcm(fake, ts, noise, mask, masked, ref, audio, renoise=mode, generator=torch.Generator())
+            sample_lcm(StudentDenoiser(fake), ts, noise, mask, masked, ref, audio, renoise=mode,
+                       generator=torch.Generator())
         x0 = consistency_x0(eps_of(noise), noise, ts[0], acp)
         if mode == "initial":
             expected = acp[499].sqrt() * x0 + (1 - acp[499]).sqrt() * noise
@@ -212,8 +214,34 @@ def test_sample_lcm_deterministic_renoise_closed_forms():
         assert [t for _, t in calls] == [999, 499]
         assert rel_err(calls[1][0], expected.float()) < 1e-5, mode
     # no generator involved: the same output for any seed
-    runs = [sample_lcm(fake, lcm_timesteps(4), noise, mask, masked, ref, audio, renoise="ddim",
+    runs = [sample_lcm(StudentDenoiser(fake), lcm_timesteps(4), noise, mask, masked, ref, audio, renoise="ddim",
                        generator=torch.Generator().manual_seed(s)) for s in (1, 2)]  # fmt: skip
     assert torch.equal(runs[0], runs[1])
     with pytest.raises(ValueError, match="renoise"):
-        sample_lcm(fake, ts, noise, mask, masked, ref, audio, renoise="fresh")
+        sample_lcm(StudentDenoiser(fake), ts, noise, mask, masked, ref, audio, renoise="fresh")
+    with pytest.raises(TypeError, match="denoiser settings"):
+        sample_lcm(fake, ts, noise, mask, masked, ref, audio)  # a bare network has no boundary scalings
+
+
+def test_student_denoiser_is_the_consistency_function(student):
+    """StudentDenoiser(net, settings)(x_t, t, cond, audio, w) = c_skip x_t + c_out x0_pred(net(...)) with the
+    settings' scalings, which a StudentUNet carries (from its training config or its export)."""
+    from student.denoiser import DenoiserSettings, as_denoiser
+
+    batch = tiny_batch()
+    cond = torch.cat([batch["mask"], batch["masked_latents"], batch["ref_latents"]], dim=1)
+    x_t, t = batch["latents"], torch.tensor([1, 2])  # small t: where c_skip is not negligible
+    settings = DenoiserSettings(sigma_data=0.3, timestep_scaling=4.0)
+    acp = alphas_cumprod()
+    with torch.no_grad():
+        eps = student(torch.cat([x_t, cond], dim=1), t, batch["audio_embeds"], 1.5)
+        x0 = StudentDenoiser(student, settings)(x_t, t, cond, batch["audio_embeds"], 1.5)
+        expected = consistency_x0(eps, x_t, t, acp, sigma_data=0.3, timestep_scaling=4.0)
+        assert rel_err(x0, expected) < 1e-6
+        assert rel_err(x0, consistency_x0(eps, x_t, t, acp)) > 1e-4  # the settings matter
+        before, student.denoiser_settings = student.denoiser_settings, settings
+        try:
+            assert as_denoiser(student).settings == settings
+            assert rel_err(as_denoiser(student)(x_t, t, cond, batch["audio_embeds"], 1.5), expected) < 1e-6
+        finally:
+            student.denoiser_settings = before

@@ -7,7 +7,7 @@ import pytest
 
 import configs
 from scripts.cli import main
-from teacher.pipeline import build_teacher, lipsync, loop_frames
+from teacher.pipeline import build_teacher_parts, lipsync, loop_frames
 
 
 def test_loop_frames_ping_pong():
@@ -18,7 +18,7 @@ def test_loop_frames_ping_pong():
 
 @pytest.fixture(scope="module")
 def parts():
-    return build_teacher(configs.load("teacher/tiny"), steps=2)
+    return build_teacher_parts(configs.load("teacher/tiny"), steps=2)
 
 
 def test_lipsync_changes_only_the_mouth_and_passes_faceless_frames(parts):

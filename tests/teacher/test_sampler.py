@@ -205,7 +205,7 @@ def reference_loop(unet, n, spacing, noise, mask, masked, ref, audio, w):
 def test_sample_ddim_matches_diffusers_loop(n, spacing, w):
     inputs = make_inputs()
     unet = FakeUNet()
-    out = sample_ddim(unet, ddim_timesteps(n, spacing), *inputs, guidance_scale=w)
+    out = sample_ddim(unet, ddim_timesteps(n, spacing), *inputs, w=w)
     ref = reference_loop(FakeUNet(), n, spacing, *inputs, w)
     assert out.shape == (B, 4, F, H, W)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
@@ -216,7 +216,7 @@ def test_sample_ddim_matches_diffusers_loop(n, spacing, w):
 def test_uncond_half_gets_zero_audio():
     noise, mask, masked, ref, audio = make_inputs(1)
     unet = FakeUNet()
-    sample_ddim(unet, ddim_timesteps(3, "trailing"), noise, mask, masked, ref, audio, guidance_scale=1.5)
+    sample_ddim(unet, ddim_timesteps(3, "trailing"), noise, mask, masked, ref, audio, w=1.5)
     assert len(unet.calls) == 3
     for shape, _, a in unet.calls:
         assert shape == (2 * B, 13, F, H, W)
@@ -227,7 +227,7 @@ def test_uncond_half_gets_zero_audio():
 def test_no_guidance_is_one_conditional_call_per_step():
     noise, mask, masked, ref, audio = make_inputs(2)
     unet = FakeUNet()
-    sample_ddim(unet, ddim_timesteps(5), noise, mask, masked, ref, audio, guidance_scale=1.0)
+    sample_ddim(unet, ddim_timesteps(5), noise, mask, masked, ref, audio, w=1.0)
     assert len(unet.calls) == 5
     for shape, _, a in unet.calls:
         assert shape == (B, 13, F, H, W)
@@ -245,7 +245,7 @@ def test_unet_output_with_sample_attribute_and_tensor_agree():
 def test_final_alpha_override_one_step_returns_x0():
     noise, mask, masked, ref, audio = make_inputs(4)
     unet = FakeUNet()
-    out = sample_ddim(unet, [999], noise, mask, masked, ref, audio, guidance_scale=1.0,
+    out = sample_ddim(unet, [999], noise, mask, masked, ref, audio, w=1.0,
                       final_alpha_cumprod=1.0)  # fmt: skip
     x_in = torch.cat([noise, mask, masked, ref], dim=1)
     eps = FakeUNet()(x_in, torch.tensor(999), audio)
@@ -268,3 +268,41 @@ def test_sample_ddim_shape_errors():
         sample_ddim(FakeUNet(), ts, noise, mask, masked, ref, audio[:, :2])
     with pytest.raises(ValueError, match="noise"):
         sample_ddim(FakeUNet(), ts, noise[0], mask, masked, ref, audio)
+
+
+def test_guided_teacher_builds_the_2x_batch_once():
+    """GuidedTeacher: unconditional half first with all-zero audio, then eps_u + w (eps_c - eps_u); a [B] w
+    applies per sample and a [B] t is doubled; w = 1 runs the conditional branch alone."""
+    from teacher.sampler import GuidedTeacher
+
+    calls = []
+
+    def unet(sample, t, audio):
+        calls.append((sample.clone(), t.clone(), audio.clone()))
+        return sample[:, :4] * (1 + audio.mean(dim=(1, 2, 3))).view(-1, 1, 1, 1, 1)
+
+    g = torch.Generator().manual_seed(0)
+    x_t, cond = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 9, 3, 4, 4, generator=g)
+    audio = torch.rand(2, 3, 50, 384, generator=g)
+    eps_c = x_t * (1 + audio.mean(dim=(1, 2, 3))).view(-1, 1, 1, 1, 1)
+    out = GuidedTeacher(unet)(x_t, torch.tensor(999), cond, audio, 1.5)
+    (sample, t, a), = calls
+    assert sample.shape[0] == 4 and torch.equal(a[:2], torch.zeros_like(audio)) and torch.equal(a[2:], audio)
+    assert torch.equal(sample[:2], sample[2:]) and torch.equal(sample[:2, 4:], cond) and t.ndim == 0
+    torch.testing.assert_close(out, x_t + 1.5 * (eps_c - x_t))
+    calls.clear()
+    w = torch.tensor([1.0, 2.0])
+    out = GuidedTeacher(unet)(x_t, torch.tensor([999, 19]), cond, audio, w)
+    assert calls[0][1].tolist() == [999, 19, 999, 19]
+    torch.testing.assert_close(out, x_t + w.view(-1, 1, 1, 1, 1) * (eps_c - x_t))
+    calls.clear()
+    torch.testing.assert_close(GuidedTeacher(unet)(x_t, torch.tensor(5), cond, audio, 1.0), eps_c)
+    assert len(calls) == 1 and calls[0][0].shape[0] == 2
+
+
+def test_repeated_noise_is_one_frame():
+    from teacher.sampler import repeated_noise
+
+    n = repeated_noise((2, 4, 5, 3, 3), torch.Generator().manual_seed(1))
+    first = torch.randn(2, 4, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    assert n.shape == (2, 4, 5, 3, 3) and all(torch.equal(n[:, :, i : i + 1], first) for i in range(5))

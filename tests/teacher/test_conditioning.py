@@ -1,0 +1,74 @@
+"""``teacher.conditioning``: the U-Net's inputs and the composite, each step against its closed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from teacher.conditioning import (
+    composite,
+    condition_channels,
+    crops_to_pixels,
+    encode_condition,
+    face_mask,
+    latent_mask,
+    masked_pixels,
+    pixels_to_uint8,
+    unet_input,
+)
+from teacher.face import lower_face_mask
+
+
+def test_pixels_round_trip_exactly():
+    crops = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    x = crops_to_pixels(crops)
+    assert x.shape == (3, 3, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    assert torch.equal(x[:, 1, 2, 5], torch.from_numpy(crops[1, 2, 5]).float() / 127.5 - 1)
+    back = pixels_to_uint8(x.permute(1, 2, 3, 0)).numpy()
+    assert np.array_equal(back, crops)
+
+
+def test_face_mask_is_the_lower_face_mask():
+    m = face_mask(32)
+    assert m.shape == (32, 32) and torch.equal(m, torch.as_tensor(lower_face_mask(32)))
+
+
+def test_latent_mask_is_nearest_downsampling():
+    mask = torch.ones(1, 1, 2, 16, 16)
+    mask[..., 8:, :] = 0
+    m = latent_mask(mask, 4)
+    assert m.shape == (1, 1, 2, 4, 4)
+    assert torch.equal(m[0, 0, 0], torch.tensor([[1.0] * 4, [1.0] * 4, [0.0] * 4, [0.0] * 4]))
+
+
+def test_encode_condition_order_and_channels():
+    """Masked frames are encoded first, then the reference (the official order of generator draws)."""
+    calls = []
+
+    class FakeVAE:
+        def encode(self, x, generator=None):
+            calls.append(x.clone())
+            return x[:, :1].repeat(1, 4, 1, 1, 1) + torch.randn(1, 4, *x.shape[2:], generator=generator)
+
+    pixels = torch.rand(1, 3, 2, 4, 4) * 2 - 1
+    mask = torch.zeros(4, 4)
+    mask[:2] = 1
+    masked, ref = encode_condition(FakeVAE(), pixels, mask, torch.Generator().manual_seed(0))
+    assert torch.equal(calls[0], masked_pixels(pixels, mask)) and torch.equal(calls[1], pixels)
+    g = torch.Generator().manual_seed(0)
+    noise1 = torch.randn(1, 4, 2, 4, 4, generator=g)
+    assert torch.equal(masked, calls[0][:, :1].repeat(1, 4, 1, 1, 1) + noise1)
+    cond = condition_channels(torch.ones(1, 1, 2, 4, 4), masked, ref)
+    assert cond.shape == (1, 9, 2, 4, 4) and torch.equal(cond[:, 1:5], masked) and torch.equal(cond[:, 5:], ref)
+    assert unet_input(torch.zeros(1, 4, 2, 4, 4), cond).shape == (1, 13, 2, 4, 4)
+
+
+def test_composite_keeps_the_original_outside_the_mask():
+    decoded = torch.full((1, 3, 1, 4, 4), 3.0)  # out of range: clamped to 1 inside the generated region
+    pixels = torch.rand(1, 3, 1, 4, 4) * 2 - 1
+    mask = torch.zeros(4, 4)
+    mask[:2] = 1
+    out = composite(decoded, pixels, mask)
+    assert torch.equal(out[..., :2, :], pixels[..., :2, :])
+    assert torch.equal(out[..., 2:, :], torch.ones_like(out[..., 2:, :]))
