@@ -40,6 +40,82 @@ def _teacher_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+TOY_STUDENT = Path(__file__).resolve().parent.parent / "assets" / "toy_student"
+
+
+def _fail(message: str) -> int:
+    """One clear line on stderr and exit code 2 (an unusable input)."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    return {"steps": args.steps, "chunk": args.chunk, "decoder": args.decoder,
+            "degrade": False if args.no_degrade else None}  # fmt: skip
+
+
+def _lipsync(args: argparse.Namespace) -> int:
+    from inference.run import InputError, lipsync_file, load_engine_config
+
+    if args.out.exists() and args.out.is_dir():
+        return _fail(f"{args.out} is a folder; --out takes an .mp4 path")
+    try:
+        if args.teacher:
+            return _lipsync_teacher(args)
+        cfg = load_engine_config(args.preset, args.overrides, **_engine_options(args))
+        report = lipsync_file(args.student, args.out, audio_path=args.audio or args.video, video=args.video,
+                              avatar=args.avatar, cfg=cfg, tiny_decoder=args.tiny_decoder)  # fmt: skip
+    except (InputError, ValueError) as err:
+        return _fail(str(err))
+    print(report.summary())
+    return 0
+
+
+def _lipsync_teacher(args: argparse.Namespace) -> int:
+    """--teacher PRESET: the 20-step teacher through the same conditioning, compositing and muxing."""
+    import configs
+    from inference.run import read_audio_16k
+    from teacher.media import read_video
+    from teacher.pipeline import run_teacher
+
+    if args.video is None:
+        return _fail("--teacher needs --video (the teacher prepares no avatars)")
+    frames, _ = read_video(args.video, fps=25)
+    audio = read_audio_16k(args.audio or args.video)
+    report = run_teacher(configs.load(args.teacher, args.overrides), frames, audio, args.out)
+    print(report.summary())
+    return 0
+
+
+def _avatar_prepare(args: argparse.Namespace) -> int:
+    from inference.avatar import AvatarError, prepare_avatar
+    from inference.run import InputError, load_student
+
+    try:
+        bundle = load_student(args.student)
+        av = prepare_avatar(args.source, args.out_dir, bundle, seed=args.seed)
+    except (InputError, AvatarError) as err:
+        return _fail(str(err))
+    print(f"avatar: {av.num_frames} frames ({int(av.has_face.sum())} with a face) at {av.resolution} px -> {av.path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The student on the embedded default: a synthetic clip (or --video/--audio) through the engine."""
+    from inference.run import InputError, lipsync_file, load_engine_config
+    from scripts.demo_inputs import demo_clip
+
+    try:
+        frames, audio = demo_clip(args.video, args.audio, seconds=args.seconds, seed=args.seed)
+        cfg = load_engine_config(args.preset, [], **_engine_options(args))
+        report = lipsync_file(args.student, args.out, audio=audio, video=None, avatar=None, cfg=cfg,
+                              tiny_decoder=args.tiny_decoder, frames=frames)  # fmt: skip
+    except (InputError, ValueError) as err:
+        return _fail(str(err))
+    print(report.summary())
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from distill.synthworld import synth_dataset
 
@@ -92,9 +168,42 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="engine/toy", help="engine preset under configs/ (engine/toy, "
+                   "engine/latentsync-512)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps 1-4 (default: the preset's)")
+    p.add_argument("--chunk", type=int, default=None, help="frames per U-Net chunk 1-16 (default: the preset's)")
+    p.add_argument("--decoder", choices=["vae", "tiny"], default=None, help="decoder (default: the preset's)")
+    p.add_argument("--tiny-decoder", default=None, help="tiny decoder folder (needed for --decoder tiny; default: "
+                   "the student folder's tiny_decoder/ when present)")
+    p.add_argument("--no-degrade", action="store_true", help="never trade quality for pace")
+
+
+def _with_defaults_shown(sub):
+    """Sub-commands whose --help shows every option's default."""
+    add = sub.add_parser
+
+    def add_parser(name, **kw):
+        return add(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+
+    sub.add_parser = add_parser
+    return sub
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("turbosync")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="turbosync", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="turbosync", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"turbosync {_version()}")
+    sub = _with_defaults_shown(parser.add_subparsers(dest="command", required=True))
 
     p = sub.add_parser("fetch-teacher", help="download the official LatentSync files (needs network)")
     p.add_argument("--version", default="1.6", choices=["1.5", "1.6"])
@@ -103,21 +212,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even when present")
     p.set_defaults(func=_fetch_teacher)
 
-    for name, help_text in (
-        ("teacher-demo", "run the teacher (guided DDIM) end to end and write an mp4"),
-        ("demo", "the main job on the embedded default (currently: the toy teacher on a synthetic clip)"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", default=None, help="preset name or YAML path (default: teacher/toy, else tiny)")
-        p.add_argument("--out", default="outputs/teacher_demo.mp4", type=Path)
-        p.add_argument("--video", default=None, help="face video (default: a synthetic talking-face clip)")
-        p.add_argument("--audio", default=None, help="driving audio (default: the clip's own audio)")
-        p.add_argument("--seconds", type=float, default=2.0, help="length of the synthetic clip")
-        p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the config's, 20)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="cpu")
-        p.add_argument("overrides", nargs="*", help="config overrides key=value")
-        p.set_defaults(func=_teacher_demo)
+    p = sub.add_parser("teacher-demo", help="run the teacher (guided DDIM) end to end and write an mp4")
+    p.add_argument("--config", default=None, help="preset name or YAML path (default: teacher/toy, else teacher/tiny)")
+    p.add_argument("--out", default="outputs/teacher_demo.mp4", type=Path, help="output mp4")
+    p.add_argument("--video", default=None, help="face video (default: a synthetic talking-face clip)")
+    p.add_argument("--audio", default=None, help="driving audio (default: the clip's own audio)")
+    p.add_argument("--seconds", type=float, default=2.0, help="length of the synthetic clip")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the config's, 20)")
+    p.add_argument("--seed", type=int, default=0, help="initial noise and VAE sampling")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    p.set_defaults(func=_teacher_demo)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default: the toy student lip-syncs a synthetic "
+                       "clip through the streaming engine and prints fps and real-time factor")
+    p.add_argument("--student", default=str(TOY_STUDENT), help="exported student folder")
+    p.add_argument("--out", default="outputs/demo.mp4", type=Path, help="output mp4")
+    p.add_argument("--video", default=None, help="face video (default: a synthetic talking-face clip)")
+    p.add_argument("--audio", default=None, help="driving audio (default: the clip's own audio)")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of the synthetic clip")
+    p.add_argument("--seed", type=int, default=0, help="synthetic clip")
+    _add_engine_options(p)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("lipsync", help="lip-sync a video or a prepared avatar to an audio file with a student "
+                       "(or --teacher PRESET for comparison)")
+    p.add_argument("--student", default=str(TOY_STUDENT), help="exported student folder (`turbosync export`)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", default=None, help="face video (prepared on the fly)")
+    src.add_argument("--avatar", default=None, help="folder from `turbosync avatar prepare`")
+    p.add_argument("--audio", default=None, help="driving audio (default: the video's own audio track)")
+    p.add_argument("--out", required=True, type=Path, help="output mp4")
+    p.add_argument("--teacher", default=None, metavar="PRESET",
+                   help="run this teacher preset (e.g. teacher/toy) with its official conditioning instead")
+    _add_engine_options(p)
+    p.add_argument("overrides", nargs="*", help="engine (or --teacher) config overrides key=value")
+    p.set_defaults(func=_lipsync)
+
+    p = sub.add_parser("avatar", help="avatars for the engine")
+    avatar_sub = _with_defaults_shown(p.add_subparsers(dest="avatar_command", required=True))
+    p = avatar_sub.add_parser("prepare", help="align, crop and VAE-encode a face video or image once")
+    p.add_argument("source", type=Path, help="face video or image")
+    p.add_argument("out_dir", type=Path, help="avatar folder to write")
+    p.add_argument("--student", default=str(TOY_STUDENT), help="the student it is prepared for (resolution, VAE, mask)")
+    p.add_argument("--seed", type=int, default=0, help="VAE posterior sampling")
+    p.set_defaults(func=_avatar_prepare)
 
     p = sub.add_parser("synth", help="write synthetic talking-face clips with ground truth")
     p.add_argument("out_dir", type=Path)

@@ -1,0 +1,263 @@
+"""The streaming lip-sync engine: audio chunks in, lip-synced frames out at 25 fps (STYLE 9, explicit state).
+
+    state = start(avatar, bundle, cfg)            # avatar: inference.avatar.Avatar; bundle: student.load_bundle(...)
+    frames, state = step(state, audio_chunk)      # 16 kHz mono float32 of any size -> list of uint8 [H, W, 3]
+    frames, state = flush(state)                  # the frames the 120 ms lookahead held back, at the end
+
+Per chunk of C frames (DESIGN section 5): streaming Whisper features (``inference.audio_stream``; a frame is
+ready once 120 ms of audio past it has arrived), the cached masked / reference latents of the avatar frames
+(``pingpong`` looping), K context frames carried from before the chunk (the window [a - K, a + C) goes
+through the U-Net; GroupNorm statistics and temporal attention then span the seam; only the C new frames
+are kept), one noise frame repeated over the whole stream as LatentSync does, the 1-4 step student sampler
+(``student.sample_lcm``, LCMScheduler timesteps, per-frame re-noising drawn from a generator seeded by
+(seed, chunk index), so the output does not depend on how the audio was cut), decode with the full VAE or a
+tiny decoder, composite inside the mask and paste back. Frames without a face pass through.
+
+Chunks sit on a fixed grid of frame indices, so feeding the audio in one piece or in 20 ms pieces gives
+the same frames. Degradation (``cfg.degrade``) only acts when the engine is paced by a wall clock
+(``start(..., clock=time.perf_counter)``): when a chunk finishes after its frames were due, the next chunk
+drops to 1 step, then to the tiny decoder, then to pass-through frames, and climbs back when compute has
+slack; every level change is counted in ``state.stats``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from inference.audio_stream import StreamConfig, stream_flush, stream_push, stream_start
+from inference.avatar import Avatar, pingpong
+
+LEVELS = ("full", "one_step", "tiny_decoder", "pass_through")
+FRAME_SECONDS = 0.04
+MAX_POSITIONS = 24  # the motion modules' sinusoidal positions (DESIGN section 2)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings (``configs/engine/*.yaml``).
+
+    chunk: C new frames per U-Net call (1-16). context: K frames of temporal context carried over
+    (C + K <= 24). steps: sampler steps (1-4; None = the export's default). decoder: "vae" or "tiny".
+    degrade: allow degradation when paced by a clock. threads: torch threads (None = leave as is).
+    seed: the stream's noise. renoise: ``sample_lcm``'s re-noising for steps > 1. audio: streaming
+    Whisper settings. w: guidance scale s fed to the student (None = the export's).
+    """
+
+    chunk: int = 4
+    context: int = 4
+    steps: int | None = None
+    decoder: str = "vae"
+    degrade: bool = True
+    threads: int | None = None
+    seed: int = 0
+    renoise: str = "per_frame"
+    w: float | None = None
+    audio: StreamConfig = field(default_factory=StreamConfig)
+
+    def __post_init__(self):
+        if not 1 <= self.chunk <= 16:
+            raise ValueError(f"chunk must be 1-16 frames, got {self.chunk}")
+        if self.context < 0 or self.chunk + self.context > MAX_POSITIONS:
+            raise ValueError(f"chunk + context must be at most {MAX_POSITIONS} (got {self.chunk} + {self.context})")
+        if self.steps is not None and not 1 <= self.steps <= 4:
+            raise ValueError(f"steps must be 1-4, got {self.steps}")
+        if self.decoder not in ("vae", "tiny"):
+            raise ValueError(f"decoder must be 'vae' or 'tiny', got {self.decoder!r}")
+
+
+@dataclass
+class EngineState:
+    """Everything the engine carries between calls. ``next_frame``: index of the next frame to generate;
+    ``feats``: Whisper token sets of frames ``[feat_start, feat_start + len)`` not yet consumed (the
+    last K kept as context); ``level``: the degradation level (index into ``LEVELS``)."""
+
+    cfg: EngineConfig
+    bundle: Any
+    avatar: Avatar
+    decoders: dict[str, Any]
+    audio: Any
+    noise: torch.Tensor
+    mask_px: torch.Tensor
+    feats: torch.Tensor
+    feat_start: int = 0
+    next_frame: int = 0
+    level: int = 0
+    aligner: Any = None
+    clock: Callable[[], float] | None = None
+    t0: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def start(avatar: Avatar, bundle, cfg: EngineConfig | None = None, tiny_decoder=None,
+          clock: Callable[[], float] | None = None) -> EngineState:  # fmt: skip
+    """A fresh stream for ``avatar`` with the student ``bundle``; ``tiny_decoder`` is needed for
+    ``decoder="tiny"`` and used by degradation; ``clock`` (e.g. ``time.perf_counter``) paces the stream."""
+    from teacher.face import FaceAligner
+    from teacher.sampler import repeated_noise
+
+    cfg = cfg or EngineConfig()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.decoder == "tiny" and tiny_decoder is None:
+        raise ValueError("decoder='tiny' needs a tiny decoder (teacher.tiny_decoder.load_tiny_decoder)")
+    if avatar.resolution != bundle.resolution:
+        raise ValueError(f"the avatar is {avatar.resolution} px, the student {bundle.resolution} px")
+    dev = bundle.denoiser.alphas_cumprod.device
+    h = avatar.masked_latents.shape[-1]
+    g = torch.Generator().manual_seed(cfg.seed)
+    noise = repeated_noise((1, 4, 1, h, h), g).to(dev)  # one noise frame for the whole stream
+    feats = torch.zeros(0)  # the first features set the token shape
+    stats = {"frames": 0, "chunks": 0, "passed_through_faceless": 0, "levels": dict.fromkeys(LEVELS, 0),
+             "seconds": {"audio": 0.0, "unet": 0.0, "decode": 0.0, "paste": 0.0}}  # fmt: skip
+    return EngineState(cfg, bundle, avatar, {"vae": bundle.vae, "tiny": tiny_decoder},
+                       stream_start(bundle.whisper, cfg.audio), noise, bundle.mask[None, None, None].to(dev),
+                       feats, aligner=FaceAligner(avatar.resolution, landmarker=_NoLandmarker()), clock=clock,
+                       stats=stats)  # fmt: skip
+
+
+def step(state: EngineState, audio_chunk: np.ndarray) -> tuple[list[np.ndarray], EngineState]:
+    """Push 16 kHz mono float32 audio; returns the frames that became ready (uint8 [H, W, 3] each)."""
+    if state.clock is not None and state.t0 is None:
+        state.t0 = state.clock()
+    t = time.perf_counter()
+    new, state.audio = stream_push(state.audio, audio_chunk)
+    state.stats["seconds"]["audio"] += time.perf_counter() - t
+    _append(state, new)
+    frames = []
+    while _ready(state) >= state.cfg.chunk:
+        frames += _generate(state, state.cfg.chunk)
+    return frames, state
+
+
+def flush(state: EngineState) -> tuple[list[np.ndarray], EngineState]:
+    """End of the audio: the remaining frames (ceil(samples / 640) frames in all)."""
+    t = time.perf_counter()
+    new, state.audio = stream_flush(state.audio)
+    state.stats["seconds"]["audio"] += time.perf_counter() - t
+    _append(state, new)
+    frames = []
+    while _ready(state) > 0:
+        frames += _generate(state, min(state.cfg.chunk, _ready(state)))
+    return frames, state
+
+
+def _append(state: EngineState, new: torch.Tensor) -> None:
+    if len(new):
+        state.feats = new if state.feats.numel() == 0 else torch.cat([state.feats, new])
+
+
+def _ready(state: EngineState) -> int:
+    """Frames with features that are not generated yet."""
+    return state.feat_start + len(state.feats) - state.next_frame
+
+
+def _steps(state: EngineState) -> int:
+    base = state.cfg.steps or state.bundle.steps
+    return 1 if LEVELS[state.level] != "full" else base
+
+
+@torch.no_grad()
+def _generate(state: EngineState, n: int) -> list[np.ndarray]:
+    """Generate frames [next_frame, next_frame + n) with up to K context frames before them."""
+    cfg, av = state.cfg, state.avatar
+    a = state.next_frame
+    k = min(cfg.context, a)
+    idx = np.arange(a - k, a + n)
+    src = pingpong(idx, av.num_frames)
+    t_chunk = time.perf_counter()
+    level = LEVELS[state.level] if cfg.degrade and state.clock is not None else "full"
+    if level == "pass_through":
+        out = [np.array(av.frames[s]) for s in src[k:]]
+    else:
+        out = _run_window(state, idx, src, k, level)
+    _advance(state, a + n, level, len(out), time.perf_counter() - t_chunk)
+    return out
+
+
+def _run_window(state: EngineState, idx: np.ndarray, src: np.ndarray, k: int, level: str) -> list[np.ndarray]:
+    from student.sampler import lcm_timesteps, sample_lcm
+    from teacher.conditioning import composite, crops_to_pixels, latent_mask, paste_faces, pixels_to_uint8
+
+    cfg, av, bundle = state.cfg, state.avatar, state.bundle
+    den = bundle.denoiser
+    dev, dtype = den.alphas_cumprod.device, den.net.dtype
+    face_src = np.where(av.has_face[src], src, int(np.argmax(av.has_face)))  # faceless: any face's latents
+    f, h = len(idx), av.masked_latents.shape[-1]
+    masked = torch.from_numpy(np.stack([av.masked_latents[s] for s in face_src])).permute(1, 0, 2, 3)[None]
+    ref = torch.from_numpy(np.stack([av.ref_latents[s] for s in face_src])).permute(1, 0, 2, 3)[None]
+    mask_px = state.mask_px.expand(1, 1, f, -1, -1)
+    audio = state.feats[idx - state.feat_start][None]
+    t = time.perf_counter()
+    steps = _steps(state)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(idx[k]))  # per chunk: cut-independent
+    x0 = sample_lcm(den, lcm_timesteps(steps, den.settings.num_ddim_timesteps, den.settings.num_train_timesteps),
+                    state.noise.expand(-1, -1, f, -1, -1).to(dtype), latent_mask(mask_px, h).to(dtype),
+                    masked.to(dev, dtype), ref.to(dev, dtype), audio.to(dev, dtype), w=cfg.w or bundle.w,
+                    generator=g, renoise=cfg.renoise)[:, :, k:]  # fmt: skip
+    state.stats["seconds"]["unet"] += time.perf_counter() - t
+    t = time.perf_counter()
+    decoder = state.decoders["tiny" if level == "tiny_decoder" or cfg.decoder == "tiny" else "vae"]
+    new_src = src[k:]
+    pixels = crops_to_pixels(np.stack([av.crops[s] for s in new_src]))[None].to(dev)
+    face = composite(decoder.decode(x0.float()).float(), pixels, state.mask_px[:, :, 0:1])
+    faces = pixels_to_uint8(face[0].permute(1, 2, 3, 0)).cpu().numpy()
+    state.stats["seconds"]["decode"] += time.perf_counter() - t
+    t = time.perf_counter()
+    out = [np.array(av.frames[s]) for s in new_src]
+    with_face = [j for j, s in enumerate(new_src) if av.has_face[s]]
+    pasted = paste_faces([out[j] for j in with_face], faces[with_face], [av.aligned(new_src[j]) for j in with_face],
+                         state.aligner)  # fmt: skip
+    for j, frame in zip(with_face, pasted):
+        out[j] = frame
+    state.stats["passed_through_faceless"] += len(out) - len(with_face)
+    state.stats["seconds"]["paste"] += time.perf_counter() - t
+    return out
+
+
+class _NoLandmarker:
+    """Stands in for the landmark detector: the engine only pastes back faces the avatar already aligned."""
+
+    def __call__(self, frame):  # pragma: no cover - never called: the avatar is already aligned
+        raise RuntimeError("the engine pastes back prepared faces; it does not detect landmarks")
+
+
+def _advance(state: EngineState, next_frame: int, level: str, n: int, seconds: float) -> None:
+    """Move the stream forward: drop consumed features (keep K for context) and update the pacing."""
+    state.next_frame = next_frame
+    keep_from = max(0, next_frame - state.cfg.context)
+    drop = keep_from - state.feat_start
+    if drop > 0:
+        state.feats = state.feats[drop:]
+        state.feat_start = keep_from
+    s = state.stats
+    s["frames"] += n
+    s["chunks"] += 1
+    s["levels"][level] += n
+    if state.clock is None or not state.cfg.degrade:
+        return
+    due = state.t0 + next_frame * FRAME_SECONDS + _latency_budget(state)  # when the last frame must be out
+    late = state.clock() > due
+    if late and state.level < len(LEVELS) - 1:
+        state.level += 1
+        if LEVELS[state.level] == "tiny_decoder" and (state.decoders["tiny"] is None or state.cfg.decoder == "tiny"):
+            state.level += 1  # no cheaper decoder to fall back to
+    elif not late and state.level > 0 and seconds < 0.5 * n * FRAME_SECONDS:
+        state.level -= 1
+        if LEVELS[state.level] == "tiny_decoder" and (state.decoders["tiny"] is None or state.cfg.decoder == "tiny"):
+            state.level -= 1
+
+
+def _latency_budget(state: EngineState) -> float:
+    """Seconds a frame may take after its audio started: the lookahead, one chunk, and one chunk of compute."""
+    return 0.12 + 2 * state.cfg.chunk * FRAME_SECONDS
+
+
+def with_overrides(cfg: EngineConfig, **kw: Any) -> EngineConfig:
+    """``cfg`` with the non-None keyword values replaced (CLI options over a preset)."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
