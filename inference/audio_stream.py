@@ -66,6 +66,7 @@ from teacher.audio import (
     STEPS_PER_TOKEN_SET,
     VIDEO_FPS,
     WINDOW_MEL_FRAMES,
+    WINDOW_STEPS,
     WhisperAudioEncoder,
     frame_step_indices,
     log_mel,
@@ -95,18 +96,25 @@ class StreamConfig:
         ``block + 4`` frames (so every step of the block is inside the window), at most 30 s.
     block: frames per encoder call (fixed grid of frame indices); latency grows by ``block - 1`` frames.
     max_log: fixed log-mel reference in log10 mel-power units; the floor is ``max_log - 8``.
+    absolute_positions: False (default): positions ``0 .. T-1`` in every window, nothing depends on
+        absolute time. True: the positions the offline code gives those steps (step mod 1500),
+        shifted back when the window would run past position 1499; closer to the offline features
+        but the offset jumps once per 30 s (a seam, like the offline one). Measured in the docstring.
     Raises ValueError for values outside these ranges.
     """
 
     context_seconds: float = 4.0
     block: int = 4
     max_log: float = DEFAULT_MAX_LOG
+    absolute_positions: bool = False
 
     def __post_init__(self):
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"block must be a positive integer (frames), got {self.block!r}")
         if not (isinstance(self.max_log, (int, float)) and math.isfinite(self.max_log)):
             raise ValueError(f"max_log must be a finite number (log10 mel power), got {self.max_log!r}")
+        if not isinstance(self.absolute_positions, bool):
+            raise ValueError(f"absolute_positions must be a bool, got {self.absolute_positions!r}")
         if not (isinstance(self.context_seconds, (int, float)) and math.isfinite(self.context_seconds)):
             raise ValueError(f"context_seconds must be a finite number, got {self.context_seconds!r}")
         lo, hi = self.block + 4, WINDOW_MEL_FRAMES * HOP_LENGTH // SAMPLES_PER_FRAME
@@ -143,23 +151,26 @@ class StreamState:
 
 # --- encoder on an unpadded window ---------------------------------------------------------------
 @torch.no_grad()
-def encode_window(encoder: WhisperAudioEncoder, mel: torch.Tensor) -> torch.Tensor:
-    """Stacked states of an unpadded log-mel: ``[B, 80, n]`` -> ``[B, ceil(n / 2), L + 1, D]``.
+def encode_window(encoder: WhisperAudioEncoder, mel: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+    """Stacked states of an unpadded log-mel: ``[B, 80, n]`` -> ``[B, T, L + 1, D]``, ``T = ceil(n / 2)``.
 
     Same modules as the HF ``WhisperEncoder`` (conv1, gelu, conv2, gelu, + ``embed_positions`` rows
-    ``0 .. ceil(n/2) - 1``, every layer); entry 0 is the input embedding, entry ``k`` the output of
-    layer ``k``, all before the final ``layer_norm``. A ``[80, n]`` input gives ``[ceil(n/2), L + 1, D]``.
-    Raises ValueError for a wrong shape, ``n < 1`` or ``n > 3000``.
+    ``first_position .. first_position + T - 1``, every layer); entry 0 is the input embedding, entry
+    ``k`` the output of layer ``k``, all before the final ``layer_norm``. A ``[80, n]`` input gives
+    ``[T, L + 1, D]``. Raises ValueError for a wrong shape, ``n < 1`` or positions past 1499.
     """
     single = mel.ndim == 2
     x = mel.unsqueeze(0) if single else mel
     if x.ndim != 3 or x.shape[1] != N_MELS or not 1 <= x.shape[2] <= WINDOW_MEL_FRAMES:
         raise ValueError(f"expected a log-mel [B, {N_MELS}, n] or [{N_MELS}, n] with 1 <= n <= "
                          f"{WINDOW_MEL_FRAMES}, got {list(mel.shape)}")
+    T = -(-x.shape[2] // 2)
+    if not 0 <= first_position <= WINDOW_STEPS - T:
+        raise ValueError(f"positions {first_position} .. {first_position + T - 1} are outside 0 .. {WINDOW_STEPS - 1}")
     enc = encoder.encoder
     h = torch.nn.functional.gelu(enc.conv1(x.to(encoder.device, torch.float32)))
-    h = torch.nn.functional.gelu(enc.conv2(h)).permute(0, 2, 1)           # [B, n/2, D]
-    h = h + enc.embed_positions.weight[: h.shape[1]]
+    h = torch.nn.functional.gelu(enc.conv2(h)).permute(0, 2, 1)           # [B, T, D]
+    h = h + enc.embed_positions.weight[first_position:first_position + T]
     states = [h]
     for layer in enc.layers:
         h = layer(h, None)
@@ -239,7 +250,9 @@ def _encode_frames(state: StreamState, a: int, b: int, end: int) -> torch.Tensor
     assert lo >= state.buffer_start and audio.size == end - lo, "stream buffer lost audio a window needs"
     skip = (start - lo) // HOP_LENGTH                                      # mel frames of margin
     mel = log_mel(audio, max_log=state.cfg.max_log)[:, skip:]              # [80, (end - start) / 160]
-    steps = encode_window(state.encoder, mel).cpu()                        # [T, L + 1, D], T = (end - start) / 320
+    T = (end - start) // SAMPLES_PER_STEP
+    first = min((start // SAMPLES_PER_STEP) % WINDOW_STEPS, WINDOW_STEPS - T) if state.cfg.absolute_positions else 0
+    steps = encode_window(state.encoder, mel, first).cpu()                 # [T, L + 1, D]
     idx = frame_step_indices(b - a, end // SAMPLES_PER_STEP, start_frame=a) - start // SAMPLES_PER_STEP
     assert idx.min() >= 0 and idx.max() < steps.shape[0], "frame steps outside the encoder window"
     layers, dim = steps.shape[1:]

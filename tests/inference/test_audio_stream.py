@@ -49,9 +49,10 @@ def _run(enc, audio, cfg, sizes):
     return torch.cat([*out, feats]), max_buf
 
 
-def test_chunking_does_not_change_features(enc):
+@pytest.mark.parametrize("absolute", [False, True])
+def test_chunking_does_not_change_features(enc, absolute):
     audio = _speechy(3.0)[: 3 * SR - 77]
-    cfg = StreamConfig(context_seconds=1.0, block=4)
+    cfg = StreamConfig(context_seconds=1.0, block=4, absolute_positions=absolute)
     whole, _ = _run(enc, audio, cfg, [audio.size])
     ms20, _ = _run(enc, audio, cfg, [320])
     rng = np.random.default_rng(1)
@@ -115,6 +116,11 @@ def test_encode_window_matches_padded_forward(enc):
     assert encode_window(enc, mel[:, :7]).shape == (4, 5, 384)        # odd length: ceil(n / 2) steps
     with pytest.raises(ValueError):
         encode_window(enc, torch.zeros(80, 3002))
+    pos = enc.encoder.embed_positions.weight                            # entry 0 = conv embedding + positions
+    torch.testing.assert_close(encode_window(enc, mel[:, :400], first_position=100)[:, 0],
+                               encode_window(enc, mel[:, :400])[:, 0] - pos[:200] + pos[100:300])
+    with pytest.raises(ValueError, match="positions"):
+        encode_window(enc, mel[:, :400], first_position=1301)
 
 
 def test_stream_equals_offline_where_windows_coincide(enc):
