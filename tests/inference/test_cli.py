@@ -1,0 +1,159 @@
+"""``turbosync lipsync`` / ``avatar prepare`` / ``demo`` end to end on a tiny random student, the unusable
+inputs (exit code 2, one line, nothing written), and the README's command table against the parser."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from scripts.cli import build_parser, main
+from tests.inference.test_engine import tiny_export
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny student export, a 1.2 s synthetic face video (320 x 256, with audio) and 1.5 s of speech."""
+    from distill.synthworld import make_clip
+    from teacher.media import write_video
+
+    root = tmp_path_factory.mktemp("cli")
+    student = tiny_export(root / "student")
+    clip = make_clip(5, resolution=256, seconds=1.2)
+    frames = np.pad(clip.frames, ((0, 0), (0, 0), (32, 32), (0, 0)), mode="edge")  # a non-square video
+    write_video(root / "face.mp4", frames, fps=25, audio=clip.audio, sample_rate=16000)
+    speech = make_clip(6, resolution=256, seconds=1.53).audio
+    sf.write(root / "speech.wav", speech, 16000)
+    return {"root": root, "student": student, "video": root / "face.mp4", "audio": root / "speech.wav",
+            "seconds": len(speech) / 16000}  # fmt: skip
+
+
+def probe(path: Path) -> tuple[int, tuple[int, int], float]:
+    """(video frames, (H, W), audio seconds) of an mp4."""
+    with av.open(str(path)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+        vs = c.streams.video[0]
+        size = (vs.height, vs.width)
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        samples = sum(f.samples for f in c.decode(audio=0))
+        seconds = samples / a.rate
+    return n, size, seconds
+
+
+def test_lipsync_video_and_avatar(files, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    args = ["lipsync", "--student", str(files["student"]), "--video", str(files["video"]), "--audio",
+            str(files["audio"]), "--out", str(out), "--chunk", "4", "--no-degrade", "context=2", "threads=1"]  # fmt: skip
+    assert main(args) == 0
+    n, size, seconds = probe(out)
+    assert n == int(np.ceil(files["seconds"] * 25)) and size == (256, 320)
+    assert abs(seconds - files["seconds"]) <= 1024 / 48000 + 1e-3  # within one AAC frame
+    assert "fps" in capsys.readouterr().out
+    avatar = tmp_path / "avatar"
+    assert main(["avatar", "prepare", str(files["video"]), str(avatar), "--student", str(files["student"])]) == 0
+    out2 = tmp_path / "out2.mp4"
+    args2 = ["lipsync", "--student", str(files["student"]), "--avatar", str(avatar), "--audio", str(files["audio"]),
+             "--out", str(out2), "--chunk", "4", "--no-degrade", "context=2", "threads=1"]  # fmt: skip
+    assert main(args2) == 0
+    assert probe(out2)[0] == n
+
+
+def test_demo_runs_the_student(files, tmp_path, capsys):
+    out = tmp_path / "demo.mp4"
+    assert main(["demo", "--student", str(files["student"]), "--out", str(out), "--seconds", "0.6"]) == 0
+    printed = capsys.readouterr().out
+    assert "real-time factor" in printed and probe(out)[0] == 15
+
+
+def _unusable(files, tmp_path):
+    """(name, argv, the file the error line must name) for every kind of unusable input."""
+    r = files["root"]
+    empty = r / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    corrupt = r / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    nan = r / "nan.wav"
+    sf.write(nan, np.full(1600, np.nan, np.float32), 16000, subtype="FLOAT")
+    broken_avatar = tmp_path / "broken_avatar"
+    broken_avatar.mkdir()
+    (broken_avatar / "manifest.json").write_text('{"format": "turbosync.avatar/1", "num_frames": 1}')
+    not_export = tmp_path / "not_export"
+    not_export.mkdir()
+    base = ["lipsync", "--student", str(files["student"])]
+    return [
+        ("missing video", base + ["--video", str(r / "nope.mp4"), "--audio", str(files["audio"])], "nope.mp4"),
+        ("missing audio", base + ["--video", str(files["video"]), "--audio", str(r / "nope.wav")], "nope.wav"),
+        ("corrupt video", base + ["--video", str(corrupt), "--audio", str(files["audio"])], "corrupt.mp4"),
+        ("empty audio", base + ["--video", str(files["video"]), "--audio", str(empty)], "empty.wav"),
+        ("nan audio", base + ["--video", str(files["video"]), "--audio", str(nan)], "nan.wav"),
+        ("avatar missing files", base + ["--avatar", str(broken_avatar), "--audio", str(files["audio"])],
+         "broken_avatar"),
+        ("not an export", ["lipsync", "--student", str(not_export), "--video", str(files["video"]), "--audio",
+                           str(files["audio"])], "not_export"),
+    ]  # fmt: skip
+
+
+def test_unusable_inputs_exit_2_with_one_line(files, tmp_path, capsys):
+    for name, argv, named in _unusable(files, tmp_path):
+        out = tmp_path / f"{name.replace(' ', '_')}.mp4"
+        capsys.readouterr()
+        assert main(argv + ["--out", str(out)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0] and err[0].startswith("error:"), (name, err)
+        assert not out.exists() and not list(tmp_path.glob(f".{out.stem}*")), name
+
+
+def test_avatar_at_another_resolution_is_refused(files, tmp_path, capsys):
+    other = tiny_export(tmp_path / "student128", resolution=128)
+    avatar = tmp_path / "avatar"
+    assert main(["avatar", "prepare", str(files["video"]), str(avatar), "--student", str(files["student"])]) == 0
+    out = tmp_path / "o.mp4"
+    code = main(["lipsync", "--student", str(other), "--avatar", str(avatar), "--audio", str(files["audio"]),
+                 "--out", str(out)])  # fmt: skip
+    assert code == 2 and "64 px" in capsys.readouterr().err and not out.exists()
+
+
+def test_version_and_no_traceback_in_a_subprocess(files, tmp_path):
+    env_cmd = [sys.executable, "-m", "scripts.cli"]
+    res = subprocess.run([*env_cmd, "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("turbosync ")
+    res = subprocess.run([*env_cmd, "lipsync", "--student", str(files["student"]), "--video", "missing.mp4",
+                          "--out", str(tmp_path / "x.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "missing.mp4" in res.stderr
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    out = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = _subcommands(sub, f"{prefix}{name} ")
+                out.update(nested or {f"{prefix}{name}": sub})
+    return out
+
+
+def test_readme_command_table_matches_the_parser():
+    """Every sub-command has a row in the README's command table naming each of its options, every
+    row is a real sub-command, and every option has a help text."""
+    readme = (ROOT / "README.md").read_text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `turbosync ([a-z-]+(?: [a-z][a-z-]*)?)[^|]*\|.*$", readme,
+                                                        re.MULTILINE)}  # fmt: skip
+    commands = _subcommands(build_parser())
+    assert set(rows) == set(commands), (sorted(rows), sorted(commands))
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if action.help is None and not isinstance(action, argparse._HelpAction):
+                pytest.fail(f"turbosync {name}: {action.dest} has no help text")
+            for opt in action.option_strings:
+                if opt.startswith("--") and opt != "--help":
+                    assert opt in rows[name], f"README row of `turbosync {name}` does not mention {opt}"
