@@ -180,43 +180,88 @@ def _generate(state: EngineState, n: int) -> list[np.ndarray]:
     return out
 
 
-def _run_window(state: EngineState, idx: np.ndarray, src: np.ndarray, k: int, level: str) -> list[np.ndarray]:
-    from student.sampler import lcm_timesteps, sample_lcm
-    from teacher.conditioning import composite, crops_to_pixels, latent_mask, paste_faces, pixels_to_uint8
+@dataclass
+class Window:
+    """One U-Net call's inputs: frames ``idx`` (the last ``len(idx) - k`` are new), avatar frames ``src``."""
 
-    cfg, av, bundle = state.cfg, state.avatar, state.bundle
-    den = bundle.denoiser
+    idx: np.ndarray
+    src: np.ndarray
+    k: int
+    latents: tuple[torch.Tensor, ...]  # noise, latent mask, masked, ref, audio: [1, C, F, h, w] / [1, F, 50, 384]
+    steps: int
+    seed: int
+
+
+def window(state: EngineState, idx: np.ndarray, src: np.ndarray, k: int) -> Window:
+    """Gather a window's inputs from the avatar cache and the feature buffer (no model call)."""
+    from teacher.conditioning import latent_mask
+
+    av, den = state.avatar, state.bundle.denoiser
     dev, dtype = den.alphas_cumprod.device, den.net.dtype
     face_src = np.where(av.has_face[src], src, int(np.argmax(av.has_face)))  # faceless: any face's latents
     f, h = len(idx), av.masked_latents.shape[-1]
-    masked = torch.from_numpy(np.stack([av.masked_latents[s] for s in face_src])).permute(1, 0, 2, 3)[None]
-    ref = torch.from_numpy(np.stack([av.ref_latents[s] for s in face_src])).permute(1, 0, 2, 3)[None]
-    mask_px = state.mask_px.expand(1, 1, f, -1, -1)
-    audio = state.feats[idx - state.feat_start][None]
-    t = time.perf_counter()
-    steps = _steps(state)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(idx[k]))  # per chunk: cut-independent
-    x0 = sample_lcm(den, lcm_timesteps(steps, den.settings.num_ddim_timesteps, den.settings.num_train_timesteps),
-                    state.noise.expand(-1, -1, f, -1, -1).to(dtype), latent_mask(mask_px, h).to(dtype),
-                    masked.to(dev, dtype), ref.to(dev, dtype), audio.to(dev, dtype), w=cfg.w or bundle.w,
-                    generator=g, renoise=cfg.renoise)[:, :, k:]  # fmt: skip
-    state.stats["seconds"]["unet"] += time.perf_counter() - t
-    t = time.perf_counter()
+
+    def cached(arr: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([arr[s] for s in face_src])).permute(1, 0, 2, 3)[None].to(dev, dtype)
+
+    mask_lat = latent_mask(state.mask_px.expand(1, 1, f, -1, -1), h).to(dtype)
+    audio = state.feats[idx - state.feat_start][None].to(dev, dtype)
+    noise = state.noise.expand(-1, -1, f, -1, -1).to(dtype)
+    seed = state.cfg.seed * 1_000_003 + int(idx[k])  # per chunk: independent of how the audio was cut
+    return Window(idx, src, k, (noise, mask_lat, cached(av.masked_latents), cached(av.ref_latents), audio),
+                  _steps(state), seed)  # fmt: skip
+
+
+def denoise(state: EngineState, win: Window) -> torch.Tensor:
+    """The student sampler on a window; x0 of the new frames [1, 4, F - k, h, w]."""
+    from student.sampler import lcm_timesteps, sample_lcm
+
+    den = state.bundle.denoiser
+    ts = lcm_timesteps(win.steps, den.settings.num_ddim_timesteps, den.settings.num_train_timesteps)
+    g = torch.Generator().manual_seed(win.seed)
+    x0 = sample_lcm(den, ts, *win.latents, w=state.cfg.w or state.bundle.w, generator=g, renoise=state.cfg.renoise)
+    return x0[:, :, win.k :]
+
+
+def decode(state: EngineState, x0: torch.Tensor, src: np.ndarray, level: str = "full") -> np.ndarray:
+    """Decode x0 and composite inside the mask over the avatar's crops: uint8 faces [F, R, R, 3]."""
+    from teacher.conditioning import composite, crops_to_pixels, pixels_to_uint8
+
+    cfg, av = state.cfg, state.avatar
     decoder = state.decoders["tiny" if level == "tiny_decoder" or cfg.decoder == "tiny" else "vae"]
-    new_src = src[k:]
-    pixels = crops_to_pixels(np.stack([av.crops[s] for s in new_src]))[None].to(dev)
+    pixels = crops_to_pixels(np.stack([av.crops[s] for s in src]))[None].to(x0.device)
     face = composite(decoder.decode(x0.float()).float(), pixels, state.mask_px[:, :, 0:1])
-    faces = pixels_to_uint8(face[0].permute(1, 2, 3, 0)).cpu().numpy()
-    state.stats["seconds"]["decode"] += time.perf_counter() - t
-    t = time.perf_counter()
-    out = [np.array(av.frames[s]) for s in new_src]
-    with_face = [j for j, s in enumerate(new_src) if av.has_face[s]]
-    pasted = paste_faces([out[j] for j in with_face], faces[with_face], [av.aligned(new_src[j]) for j in with_face],
+    return pixels_to_uint8(face[0].permute(1, 2, 3, 0)).cpu().numpy()
+
+
+def paste(state: EngineState, faces: np.ndarray, src: np.ndarray) -> list[np.ndarray]:
+    """Full frames: the avatar's frames ``src`` with ``faces`` pasted back; faceless frames pass through."""
+    from teacher.conditioning import paste_faces
+
+    av = state.avatar
+    out = [np.array(av.frames[s]) for s in src]
+    with_face = [j for j, s in enumerate(src) if av.has_face[s]]
+    pasted = paste_faces([out[j] for j in with_face], faces[with_face], [av.aligned(src[j]) for j in with_face],
                          state.aligner)  # fmt: skip
     for j, frame in zip(with_face, pasted):
         out[j] = frame
-    state.stats["passed_through_faceless"] += len(out) - len(with_face)
-    state.stats["seconds"]["paste"] += time.perf_counter() - t
+    return out
+
+
+def _run_window(state: EngineState, idx: np.ndarray, src: np.ndarray, k: int, level: str) -> list[np.ndarray]:
+    """window -> denoise -> decode -> paste, each stage timed into ``state.stats["seconds"]``."""
+    secs = state.stats["seconds"]
+    t = time.perf_counter()
+    win = window(state, idx, src, k)
+    x0 = denoise(state, win)
+    secs["unet"] += time.perf_counter() - t
+    t = time.perf_counter()
+    faces = decode(state, x0, src[k:], level)
+    secs["decode"] += time.perf_counter() - t
+    t = time.perf_counter()
+    out = paste(state, faces, src[k:])
+    secs["paste"] += time.perf_counter() - t
+    state.stats["passed_through_faceless"] += int((~state.avatar.has_face[src[k:]]).sum())
     return out
 
 

@@ -116,6 +116,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_stream(args: argparse.Namespace) -> int:
+    from inference.bench import bench_stream, print_report, write_report
+    from inference.run import InputError
+
+    try:
+        report = bench_stream(args.student, args.preset, seconds=args.seconds, device=args.device,
+                              tiny_decoder=args.tiny_decoder, flops=not args.no_flops, overrides=args.overrides)
+    except (InputError, ValueError) as err:
+        return _fail(str(err))
+    print_report(report)
+    print(write_report(report, args.out))
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from distill.synthworld import synth_dataset
 
@@ -257,6 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default=str(TOY_STUDENT), help="the student it is prepared for (resolution, VAE, mask)")
     p.add_argument("--seed", type=int, default=0, help="VAE posterior sampling")
     p.set_defaults(func=_avatar_prepare)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench_sub = _with_defaults_shown(p.add_subparsers(dest="bench_command", required=True))
+    p = bench_sub.add_parser("stream", help="engine speed, latency, pacing, per-stage cost, overhead, memory, FLOPs")
+    p.add_argument("--out", required=True, type=Path, help="JSON report to write")
+    p.add_argument("--preset", default="engine/toy", help="engine preset")
+    p.add_argument("--student", default=str(TOY_STUDENT), help="exported student folder")
+    p.add_argument("--tiny-decoder", default=None, help="tiny decoder folder (default: the student's tiny_decoder/)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the synthetic clip")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--no-flops", action="store_true", help="skip the analytic FLOPs of the full-size model")
+    p.add_argument("overrides", nargs="*", help="engine config overrides key=value")
+    p.set_defaults(func=_bench_stream)
 
     p = sub.add_parser("synth", help="write synthetic talking-face clips with ground truth")
     p.add_argument("out_dir", type=Path, help="folder for the clips")
