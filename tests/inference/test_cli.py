@@ -53,7 +53,8 @@ def probe(path: Path) -> tuple[int, tuple[int, int], float]:
 def test_lipsync_video_and_avatar(files, tmp_path, capsys):
     out = tmp_path / "out.mp4"
     args = ["lipsync", "--student", str(files["student"]), "--video", str(files["video"]), "--audio",
-            str(files["audio"]), "--out", str(out), "--chunk", "4", "--no-degrade", "context=2", "threads=1"]  # fmt: skip
+            str(files["audio"]), "--out", str(out), "--chunk", "4", "--no-degrade", "context=2",
+            "threads=1"]  # fmt: skip
     assert main(args) == 0
     n, size, seconds = probe(out)
     assert n == int(np.ceil(files["seconds"] * 25)) and size == (256, 320)
@@ -128,7 +129,8 @@ def test_version_and_no_traceback_in_a_subprocess(files, tmp_path):
     res = subprocess.run([*env_cmd, "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.startswith("turbosync ")
     res = subprocess.run([*env_cmd, "lipsync", "--student", str(files["student"]), "--video", "missing.mp4",
-                          "--out", str(tmp_path / "x.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+                          "--out", str(tmp_path / "x.mp4")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2 and "Traceback" not in res.stderr and "missing.mp4" in res.stderr
 
 
