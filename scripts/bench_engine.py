@@ -62,13 +62,12 @@ def run_engine(student: str, video: Path, audio: np.ndarray, out: Path, chunk: i
 
 
 def sync_and_seams(args, work: Path) -> dict:
+    import student as student_pkg
     from distill.benchmark import evaluate, make_windows, pearson, student_method
     from distill.synthworld import LOWER_HALF_REGION, measure_mouth, read_sidecar
+    from inference.run import load_student
     from scripts.bench_distill import heldout
     from teacher.media import read_audio
-
-    import student as student_pkg
-    from inference.run import load_student
 
     bundle = load_student(args.student)
     data = heldout(work / "heldout", args.clips, args.seconds, args.heldout_seed, bundle.num_frames)
