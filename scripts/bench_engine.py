@@ -38,8 +38,9 @@ def output_crops(mp4: Path, avatar) -> np.ndarray:
     frames, _ = read_video(mp4, fps=25)
     src = pingpong(np.arange(len(frames)), avatar.num_frames)
     r = avatar.resolution
+    blank = np.zeros((r, r, 3), np.uint8)
     return np.stack([cv2.warpAffine(f, np.asarray(avatar.matrices[s]), (r, r), flags=cv2.INTER_LINEAR)
-                     if avatar.has_face[s] else np.zeros((r, r, 3), np.uint8) for f, s in zip(frames, src)])  # fmt: skip
+                     if avatar.has_face[s] else blank for f, s in zip(frames, src)])  # fmt: skip
 
 
 def mouth_change(crops: np.ndarray, box=(0.22, 0.55, 0.78, 0.92)) -> np.ndarray:
