@@ -241,8 +241,25 @@ def paste(state: EngineState, faces: np.ndarray, src: np.ndarray) -> list[np.nda
     av = state.avatar
     out = [np.array(av.frames[s]) for s in src]
     with_face = [j for j, s in enumerate(src) if av.has_face[s]]
+    dev = state.bundle.denoiser.alphas_cumprod.device
+    if dev.type == "cuda" and with_face:  # one batched warp on the GPU instead of a per-frame OpenCV loop
+        return _paste_on_device(state, out, faces, src, with_face, dev)
     pasted = paste_faces([out[j] for j in with_face], faces[with_face], [av.aligned(src[j]) for j in with_face],
                          state.aligner)  # fmt: skip
+    for j, frame in zip(with_face, pasted):
+        out[j] = frame
+    return out
+
+
+def _paste_on_device(state: EngineState, out: list[np.ndarray], faces: np.ndarray, src: np.ndarray,
+                     with_face: list[int], dev: torch.device) -> list[np.ndarray]:  # fmt: skip
+    """``paste`` as one batched ``grid_sample`` warp on the GPU (``teacher.conditioning.paste_faces_torch``)."""
+    from teacher.conditioning import paste_faces_torch
+
+    frames = torch.from_numpy(np.stack([out[j] for j in with_face])).to(dev).permute(0, 3, 1, 2).float()
+    crops = torch.from_numpy(faces[with_face]).to(dev).permute(0, 3, 1, 2).float()
+    matrices = torch.from_numpy(np.stack([np.asarray(state.avatar.matrices[src[j]]) for j in with_face])).to(dev)
+    pasted = paste_faces_torch(frames, crops, matrices).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     for j, frame in zip(with_face, pasted):
         out[j] = frame
     return out

@@ -16,7 +16,8 @@ all run the same code:
     unet_input         x_t, condition channels          -> [B, 13, F, h, w]
     composite          decoded, pixels, pixel mask      -> generated inside the mask, original outside
     pixels_to_uint8    [-1, 1] pixels                   -> uint8
-    paste_faces        frames, uint8 faces, alignments  -> full frames with the faces pasted back
+    paste_faces        frames, uint8 faces, alignments  -> full frames with the faces pasted back (OpenCV, CPU)
+    paste_faces_torch  the same as one batched torch warp, on the model's device (GPU)
 
 At inference the reference frames are the frames being edited (unmasked); in training they
 come from another window of the same clip. VAE encoding samples the latent distribution (not
@@ -120,3 +121,37 @@ def paste_faces(frames: Sequence[np.ndarray], faces: np.ndarray, aligned: Sequen
     """Full frames with uint8 faces ``[F, R, R, 3]`` pasted back (same order as ``frames`` and
     ``aligned``) through ``aligner.restore``: the inverse warp with the feathered mask."""
     return [aligner.restore(frame, face, a) for frame, face, a in zip(frames, faces, aligned)]
+
+
+def crop_feather(resolution: int, device=None) -> torch.Tensor:
+    """Paste weight in crop space ``[R, R]``: 1 inside, falling to 0 over ~R/20 px at the crop's border
+    (LatentSync's eroded, Gaussian-feathered paste mask, drawn in crop space instead of frame space)."""
+    w_edge = max(1, resolution // 20)
+    x = torch.arange(resolution, device=device, dtype=torch.float32) + 0.5
+    d = torch.minimum(x, resolution - x)  # distance to the nearer border, px
+    ramp = ((d - 2) / (2 * w_edge)).clamp(0, 1)  # 2 px eroded, then a 2 w_edge px ramp
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep
+    return ramp[:, None] * ramp[None, :]
+
+
+def paste_faces_torch(frames: torch.Tensor, faces: torch.Tensor, matrices: torch.Tensor,
+                      feather: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Paste faces into frames with one batched inverse warp (``F.grid_sample``), on their device.
+
+    frames: [B, 3, H, W] float (any range); faces: [B, 3, R, R] in the same range; matrices: [B, 2, 3]
+    frame -> crop pixel affine (``AlignedFace.matrix``); feather: [R, R] paste weight (default
+    ``crop_feather(R)``). Each frame pixel p takes a = feather(M p) and out = a * face(M p) + (1 - a) * frame.
+    Returns [B, 3, H, W].
+    """
+    b, _, h, w = frames.shape
+    r = faces.shape[-1]
+    feather = crop_feather(r, frames.device) if feather is None else feather.to(frames.device)
+    ys, xs = torch.meshgrid(torch.arange(h, device=frames.device, dtype=torch.float32),
+                            torch.arange(w, device=frames.device, dtype=torch.float32), indexing="ij")  # fmt: skip
+    p = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(1, h * w, 3)
+    q = p @ matrices.to(frames.device, torch.float32).transpose(1, 2)  # [B, H*W, 2] crop pixel coordinates
+    grid = ((q + 0.5) / r * 2 - 1).reshape(b, h, w, 2)  # align_corners=False convention
+    src = torch.cat([faces.float(), feather.expand(b, 1, r, r)], dim=1)
+    warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    a = warped[:, 3:4]
+    return (a * warped[:, :3] + (1 - a) * frames.float()).to(frames.dtype)

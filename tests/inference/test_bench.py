@@ -38,3 +38,13 @@ def test_flops_of_the_full_size_model():
     assert f["sd_vae_decoder"] == pytest.approx(2.48, rel=0.05)
     assert f["sd_vae_encoder"] == pytest.approx(1.08, rel=0.05)
     assert f["taesd_decoder"] == pytest.approx(0.14, rel=0.05)
+
+
+def test_gpu_bench_script_runs_small_on_the_cpu(tmp_path):
+    """scripts/gpu_bench.py's code path (student chunk, both decoders, torch paste) with a tiny model."""
+    from scripts.gpu_bench import main as gpu_main
+
+    assert gpu_main(["--small", "--out", str(tmp_path / "g.json"), "--seconds", "1"]) == 0
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert set(report["runs"]) == {"1step_taesd", "1step_vae", "2step_taesd", "2step_vae"}
+    assert all(r["fps"] > 0 for r in report["runs"].values())
