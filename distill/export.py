@@ -95,11 +95,14 @@ def _export_name(dest: str, src: Path) -> str:
 
 def export_run(
     run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-    onnx: bool = False, steps: int = 1,
+    onnx: bool = False, steps: int = 1, dtype: str = "float32",
 ) -> Path:  # fmt: skip
     """Export the latest (or the given) checkpoint of ``run_dir`` to ``out_dir``; returns ``out_dir``.
 
-    steps: the default number of sampler steps recorded for inference (1-4)."""
+    steps: the default number of sampler steps recorded for inference (1-4). dtype: stored precision of
+    the weights ("float32", "float16", "bfloat16"; ``student.load`` computes half weights in float32 on a CPU)."""
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ExportError(f"--dtype must be float32, float16 or bfloat16, got {dtype!r}")
     from distill.recipe import teacher_config
     from student import io
 
@@ -115,7 +118,7 @@ def export_run(
     network = restore_network(cfg, path).eval()
     source = {"run_dir": str(run_dir), "checkpoint": path.name, "step": ckpt.read_state(path).step}
     inference = copy_inference_files(teacher_config(cfg), Path(out_dir), steps, int(cfg.data.num_frames))
-    out = io.save(network, out_dir, extra=source, inference=inference)
+    out = io.save(network, out_dir, extra=source, inference=inference, dtype=getattr(torch, dtype))
     if onnx:
         h = int(cfg.data.resolution) // 8
         export_onnx(io.load(out), out / "student.onnx", int(cfg.data.num_frames), h)

@@ -31,11 +31,21 @@ def default_teacher_preset() -> str:
 def _teacher_demo(args: argparse.Namespace) -> int:
     import configs
     from scripts.demo_inputs import demo_clip
+    from teacher.media import MediaError
     from teacher.pipeline import run_teacher
 
+    if args.steps is not None and args.steps < 1:
+        return _fail(f"--steps must be at least 1, got {args.steps}")
     cfg = configs.load(args.config or default_teacher_preset(), args.overrides)
-    frames, audio = demo_clip(args.video, args.audio, seconds=args.seconds, seed=args.seed)
-    report = run_teacher(cfg, frames, audio, args.out, steps=args.steps, seed=args.seed, device=args.device)
+    try:
+        frames, audio = demo_clip(args.video, args.audio, seconds=args.seconds, seed=args.seed)
+    except MediaError as err:
+        return _fail(str(err))
+    try:
+        report = run_teacher(cfg, frames, audio, args.out, steps=args.steps, seed=args.seed, device=args.device)
+    except ValueError as err:  # e.g. audio shorter than one video frame
+        source = args.audio or args.video
+        return _fail(f"{source}: {err}" if source else str(err))
     print(report.summary())
     return 0
 
@@ -150,7 +160,10 @@ def _prepare(args: argparse.Namespace) -> int:
         whisper=args.whisper,
         workers=args.workers,
     )
-    report = prepare(args.src_dir, args.out_dir, cfg)
+    try:
+        report = prepare(args.src_dir, args.out_dir, cfg)
+    except FileNotFoundError as err:  # no source folder, or no videos in it
+        return _fail(str(err))
     print(report.summary())
     return 0
 
@@ -174,7 +187,8 @@ def _export(args: argparse.Namespace) -> int:
     from distill.export import ExportError, export_run
 
     try:
-        out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, onnx=args.onnx, steps=args.steps)
+        out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, onnx=args.onnx, steps=args.steps,
+                         dtype=args.dtype)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -315,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="export folder to write")
     p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint directory (default: the latest)")
     p.add_argument("--onnx", action="store_true", help="also export one U-Net step to OUT_DIR/student.onnx")
-    p.add_argument("--steps", type=int, default=1, help="default sampler steps recorded for inference (default: 1)")
+    p.add_argument("--steps", type=int, default=1, help="default sampler steps recorded for inference")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="stored precision of the weights (half weights run in float32 on a CPU)")
     p.set_defaults(func=_export)
     return parser
 

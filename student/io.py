@@ -51,10 +51,14 @@ def save(
     out_dir: str | os.PathLike,
     extra: Mapping[str, Any] | None = None,
     inference: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write the plain student to ``out_dir``; ``extra`` (JSON-ready) is stored under ``config["source"]``,
-    ``inference`` (``INFERENCE_KEYS``, file names relative to ``out_dir``) under ``config["inference"]``."""
+    ``inference`` (``INFERENCE_KEYS``, file names relative to ``out_dir``) under ``config["inference"]``;
+    ``dtype`` casts the stored floating-point weights (e.g. float16 halves the file)."""
     state, config = student_state_for_export(student)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if inference is not None:
         missing = [k for k in INFERENCE_KEYS if k not in inference]
         if missing:
@@ -98,9 +102,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> StudentUNet:
     """The student exported to ``path`` (a folder with model.safetensors and config.json), in eval mode,
-    carrying its ``denoiser_settings``. Reads only that folder."""
+    carrying its ``denoiser_settings``. Reads only that folder. ``dtype`` None keeps the stored precision,
+    except that half-precision weights are computed in float32 on the CPU."""
     config = read_config(path)
     student = StudentUNet.from_export(load_file(str(Path(path) / MODEL_FILE)), config)
+    if dtype is None and torch.device(device).type == "cpu" and student.dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
     return student.to(device=device, dtype=dtype)
 
 

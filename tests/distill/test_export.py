@@ -191,8 +191,10 @@ def test_export_copies_the_teachers_files(tmp_path):
     assert (out / "vae" / "config.json").is_file() and (out / "whisper" / "tiny.pt").is_file()
     inference["whisper"] = None  # the bytes above are not a checkpoint
     net = StudentUNet.from_teacher(tiny_teacher())
-    student.save(net, out, inference=inference)
+    student.save(net, out, inference=inference, dtype=torch.float16)
+    assert all(v.dtype == torch.float16 for v in load_file(str(out / "model.safetensors")).values())
     bundle = student.load_bundle(out)
+    assert bundle.denoiser.net.dtype == torch.float32  # half weights are computed in float32 on the CPU
     scale = json.loads((out / "vae/config.json").read_text())["scaling_factor"]
     assert bundle.vae.scaling_factor == pytest.approx(scale)
     assert float(bundle.mask[:20].min()) == 1.0 and float(bundle.mask[-8:].max()) == 0.0
