@@ -5,6 +5,12 @@ Conventions: frames are RGB ``uint8 [H, W, 3]`` (stacks ``[T, H, W, 3]``); audio
 ``float32 [N]`` in [-1, 1]. LatentSync resamples every input to 25 fps (``ffmpeg -r 25``) and
 its audio to 16 kHz mono; ``read_video`` / ``read_audio`` do the same without an ffmpeg binary.
 
+Frames come out upright: a stream's display matrix (phones store portrait video as landscape
+frames plus a rotation) is applied on decode, as ffmpeg's autorotate does. Times are on the
+file's timeline: output frame k shows time k / fps after the earliest stream start, so a stream
+that starts late gets its first frame held (video) or silence prepended (audio); AAC end padding
+beyond the container's stated duration is dropped.
+
 decord is imported lazily (only by ``VideoReader``): decord issue #128 reports that importing
 decord before av can break av; here both load in one process (``tests/teacher/test_media.py``).
 """
@@ -26,6 +32,8 @@ __all__ = [
     "VideoWriter",
     "iter_video_frames",
     "nearest_frame_indices",
+    "orient",
+    "orientation_from_matrix",
     "read_audio",
     "read_video",
     "write_video",
@@ -52,18 +60,23 @@ def _open(path: str) -> av.container.InputContainer:
         raise MediaError(f"{path}: cannot open as a media file ({e})") from e
 
 
-def nearest_frame_indices(timestamps: Sequence[float] | np.ndarray, duration: float, fps: float) -> np.ndarray:
-    """Map output frame k at time k / fps to the source frame with the nearest timestamp.
+START_TOLERANCE = 0.02  # s: a stream starting less than half a 25 fps frame after the file does counts as on time
 
-    timestamps: [N] seconds, increasing, of the source frames; duration: seconds covered by the
-    source (last timestamp + its duration, relative to the first). Returns int64 [K] with
+
+def nearest_frame_indices(timestamps: Sequence[float] | np.ndarray, duration: float, fps: float,
+                          start: float | None = None) -> np.ndarray:
+    """Map output frame k at time ``start + k / fps`` to the source frame with the nearest timestamp.
+
+    timestamps: [N] seconds, increasing, of the source frames; start: time of output frame 0
+    (default: the first timestamp; earlier output frames hold the first source frame);
+    duration: seconds from ``start`` to the end of the last source frame. Returns int64 [K] with
     K = number of k with k / fps < duration (a 1.0 s clip at 30 fps gives 25 frames at 25 fps).
     Ties go to the earlier frame.
     """
     ts = np.asarray(timestamps, dtype=np.float64)
     if ts.size == 0:
         return np.zeros(0, dtype=np.int64)
-    ts = ts - ts[0]
+    ts = ts - (ts[0] if start is None else start)
     n_out = int(np.ceil(duration * fps - 1e-6))
     t_out = np.arange(max(n_out, 1)) / fps
     mids = (ts[1:] + ts[:-1]) / 2  # frame i owns (mids[i-1], mids[i]]
@@ -75,11 +88,85 @@ def _frame_times(stream: av.video.stream.VideoStream) -> tuple[Fraction, float]:
     return stream.time_base or Fraction(1, int(rate)), float(rate)
 
 
-def iter_video_frames(path: str | os.PathLike, fps: float | None = 25) -> Iterator[np.ndarray]:
-    """Stream RGB uint8 [H, W, 3] frames, resampled to ``fps`` by nearest timestamp (None: native).
+def _stream_start(stream: av.stream.Stream) -> float | None:
+    """Seconds of the stream's first timestamp (after edit lists and codec priming), or None."""
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return float(stream.start_time * stream.time_base)
 
-    Decodes one frame ahead, so memory stays constant. Raises MediaError for a missing, corrupt
-    or frameless file.
+
+def _stream_lead(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """Seconds from the file's start (its earliest audio or video stream) to ``stream``'s start.
+
+    Below ``START_TOLERANCE`` it is 0: codec priming (Opus pre-skip, AAC delay) and muxer rounding
+    must not move a stream or add a frame.
+    """
+    own = _stream_start(stream)
+    starts = [t for t in map(_stream_start, (*container.streams.video, *container.streams.audio)) if t is not None]
+    if own is None or not starts:
+        return 0.0
+    lead = own - min(starts)
+    return lead if lead >= START_TOLERANCE else 0.0
+
+
+# ------------------------------------------------------------------------------ orientation
+Orientation = tuple[int, bool]  # (k, vflip): np.rot90 by k quarter turns counter-clockwise, then flip rows
+UPRIGHT: Orientation = (0, False)
+
+
+def orientation_from_matrix(matrix: Sequence[int] | np.ndarray | None) -> Orientation:
+    """How to turn decoded frames upright given a stream's 3x3 display matrix (9 int32, 16.16 fixed point).
+
+    Ports ffmpeg: ``av_display_rotation_get`` (counter-clockwise degrees) and fftools' autorotate
+    (``transpose`` / ``hflip`` / ``vflip`` chosen from the angle and the signs of m[0], m[3], m[4]).
+    Angles that are not a multiple of 90 degrees are left as decoded.
+    """
+    if matrix is None:
+        return UPRIGHT
+    m = np.asarray(matrix, dtype=np.float64).reshape(-1) / 65536.0
+    s0, s1 = np.hypot(m[0], m[3]), np.hypot(m[1], m[4])
+    if s0 == 0 or s1 == 0:
+        return UPRIGHT
+    ccw = -np.degrees(np.arctan2(m[1] / s1, m[0] / s0))  # av_display_rotation_get
+    theta = -round(ccw)  # fftools get_rotation: clockwise degrees in [0, 360)
+    theta -= 360 * np.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return (1, True) if m[3] > 0 else (-1, False)  # transpose cclock_flip / clock
+    if abs(theta - 180) < 1:
+        hflip, vflip = m[0] < 0, m[4] < 0
+        return (2, False) if hflip and vflip else (2, True) if hflip else (0, bool(vflip))
+    if abs(theta - 270) < 1:
+        return (-1, True) if m[3] < 0 else (1, False)  # transpose clock_flip / cclock
+    if abs(theta) < 1:
+        return (0, bool(m[4] < 0))
+    return UPRIGHT
+
+
+def orient(img: np.ndarray, orientation: Orientation, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Apply an ``Orientation`` to an image [H, W, C] (or a stack with ``axes=(1, 2)``); contiguous."""
+    k, vflip = orientation
+    if (k % 4, vflip) == UPRIGHT:
+        return img
+    out = np.rot90(img, k, axes)
+    if vflip:
+        out = np.flip(out, axes[0])
+    return np.ascontiguousarray(out)
+
+
+def _frame_orientation(frame: av.VideoFrame) -> Orientation:
+    for side in frame.side_data:
+        if getattr(side.type, "name", str(side.type)).endswith("DISPLAYMATRIX"):
+            return orientation_from_matrix(np.frombuffer(bytes(side), dtype=np.int32)[:9])
+    return UPRIGHT
+
+
+# ------------------------------------------------------------------------------ reading
+def iter_video_frames(path: str | os.PathLike, fps: float | None = 25) -> Iterator[np.ndarray]:
+    """Stream upright RGB uint8 [H, W, 3] frames, resampled to ``fps`` by nearest timestamp (None: native).
+
+    Output frame k shows time k / fps on the file's timeline: when the video starts after the
+    audio, its first frame is held until then. Decodes one frame ahead, so memory stays constant.
+    Raises MediaError for a missing, corrupt or frameless file.
     """
     path = _check_exists(path)
     container = _open(path)
@@ -89,16 +176,24 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = 25) -> Iterat
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         time_base, native = _frame_times(stream)
-        t0 = None
+        lead = _stream_lead(container, stream)
+        t0 = _stream_start(stream)
+        rotation: Orientation | None = None
         prev: tuple[float, np.ndarray] | None = None
         k = 0  # next output index
         n_in = 0
         try:
             for frame in container.decode(stream):
-                t = float(frame.pts * time_base) if frame.pts is not None else n_in / native
-                t0 = t if t0 is None else t0
-                t -= t0
-                img = frame.to_ndarray(format="rgb24")
+                if frame.pts is None:
+                    t = n_in / native
+                else:
+                    t = float(frame.pts * time_base)
+                    t0 = t if t0 is None else t0
+                    t -= t0
+                t += lead
+                if rotation is None:
+                    rotation = _frame_orientation(frame)
+                img = orient(frame.to_ndarray(format="rgb24"), rotation)
                 n_in += 1
                 if fps is None:
                     yield img
@@ -123,7 +218,7 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = 25) -> Iterat
 
 
 def read_video(path: str | os.PathLike, fps: float | None = 25) -> tuple[np.ndarray, float]:
-    """Decode a whole video: (frames uint8 [T, H, W, 3] RGB, fps). ``fps=None`` keeps the native rate."""
+    """Decode a whole video: (upright frames uint8 [T, H, W, 3] RGB, fps). ``fps=None`` keeps the native rate."""
     frames = list(iter_video_frames(path, fps))
     if fps is None:
         container = _open(os.fspath(path))
@@ -135,7 +230,13 @@ def read_video(path: str | os.PathLike, fps: float | None = 25) -> tuple[np.ndar
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
-    """Decode the first audio stream of an audio or video file to mono float32 [N] at ``sample_rate``."""
+    """Decode the first audio stream of an audio or video file to mono float32 [N] at ``sample_rate``.
+
+    Sample 0 is the file's start: a track that starts late (a stream start offset) gets that much
+    silence in front. Codec end padding past the container's stated duration (at most two codec
+    frames, e.g. AAC's 1024-sample blocks) is dropped. Raises MediaError for a missing or corrupt
+    file, no audio stream, no samples, or NaN / inf samples.
+    """
     path = _check_exists(path)
     container = _open(path)
     chunks: list[np.ndarray] = []
@@ -143,6 +244,10 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
         if not container.streams.audio:
             raise MediaError(f"{path}: no audio stream")
         stream = container.streams.audio[0]
+        lead = _stream_lead(container, stream)
+        duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+        rate = stream.codec_context.sample_rate or stream.rate or sample_rate
+        max_pad = 2 * (stream.codec_context.frame_size or 0) / rate  # PCM: 0, nothing trimmed
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         try:
             for frame in container.decode(stream):
@@ -155,17 +260,25 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
             raise MediaError(f"{path}: corrupt audio stream ({e})") from e
     finally:
         container.close()
-    if not chunks:
+    x = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if x.size == 0:
         raise MediaError(f"{path}: audio stream has no decodable samples")
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise MediaError(f"{path}: audio has {int((~np.isfinite(x)).sum())} NaN or infinite samples")
+    if duration is not None and 0 < x.size - round(duration * sample_rate) <= max_pad * sample_rate:
+        x = x[: round(duration * sample_rate)]  # codec padding
+    if lead > 0:
+        x = np.concatenate([np.zeros(round(lead * sample_rate), np.float32), x])
+    return x
 
 
 class VideoReader:
-    """Random access to a video via decord, for training.
+    """Random access to a video via decord, for training; frames upright, times on the file's timeline.
 
     ``len(reader)`` native frames; ``reader.fps`` native rate; ``reader.get_frames(idx)`` RGB
     uint8 [len(idx), H, W, 3]; ``reader.index_map(25)`` int64 [K]: native index of each 25 fps frame
-    (nearest timestamp, same rule as ``read_video``).
+    (nearest timestamp, same rule as ``read_video``). The display rotation and the stream's start
+    are read once with PyAV; whether this decord build already rotates is checked on frame 0.
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1):
@@ -179,24 +292,53 @@ class VideoReader:
         if len(self._vr) == 0:
             raise MediaError(f"{self.path}: video stream has no frames")
         self.fps = float(self._vr.get_avg_fps())
+        self._time_base: Fraction | None = None  # the stream's, set by _probe
+        self._lead, self._orientation = self._probe()
+
+    def _probe(self) -> tuple[float, Orientation]:
+        """(seconds from the file's start to the first frame, how to turn decord's frames upright)."""
+        container = _open(self.path)
+        try:
+            if not container.streams.video:
+                raise MediaError(f"{self.path}: no video stream")
+            stream = container.streams.video[0]
+            self._time_base = stream.time_base
+            lead = _stream_lead(container, stream)
+            try:
+                frame = next(container.decode(stream), None)
+            except av.FFmpegError as e:
+                raise MediaError(f"{self.path}: corrupt video stream ({e})") from e
+            if frame is None or (rotation := _frame_orientation(frame)) == UPRIGHT:
+                return lead, UPRIGHT
+            upright = orient(frame.to_ndarray(format="rgb24"), rotation).astype(np.float32)
+        finally:
+            container.close()
+        first = self._vr[0].asnumpy()
+        candidates = [UPRIGHT, rotation, *((k, f) for f in (False, True) for k in range(4))]
+        turned = [orient(first, o) for o in candidates]  # decord 0.6.0 applies rotations itself, not flips
+        errors = [np.abs(t - upright).mean() if t.shape == upright.shape else np.inf for t in turned]
+        return lead, candidates[int(np.argmin(errors))]
 
     def __len__(self) -> int:
         return len(self._vr)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """(H, W, 3) of one frame."""
-        return tuple(self._vr[0].shape)
+        """(H, W, 3) of one upright frame."""
+        return tuple(orient(self._vr[0].asnumpy(), self._orientation).shape)
 
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"{self.path}: frame index out of range [0, {len(self)})")
-        return self._vr.get_batch(idx.tolist()).asnumpy()
+        return orient(self._vr.get_batch(idx.tolist()).asnumpy(), self._orientation, axes=(1, 2))
 
     def index_map(self, fps: float = 25) -> np.ndarray:
-        ts = self._vr.get_frame_timestamp(range(len(self)))  # [N, 2] start, end seconds
-        return nearest_frame_indices(ts[:, 0], float(ts[-1, 1] - ts[0, 0]), fps)
+        ts = self._vr.get_frame_timestamp(range(len(self))).astype(np.float64)  # [N, 2] start, end seconds
+        if self._time_base:  # decord's seconds are float32: snap them back to the stream's ticks
+            ts = np.round(ts / float(self._time_base)) * float(self._time_base)
+        start = ts[0, 0] - self._lead  # the file's start on decord's clock
+        return nearest_frame_indices(ts[:, 0], float(ts[-1, 1] - start), fps, start=start)
 
     def get_frames_at(self, indices: Sequence[int] | np.ndarray, fps: float = 25) -> np.ndarray:
         """Frames by index on the ``fps`` time grid (e.g. 25 fps frame numbers)."""

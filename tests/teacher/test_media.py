@@ -1,4 +1,5 @@
-"""teacher.media: PyAV write / read round trip, 30 -> 25 fps resampling, audio, decord access, errors."""
+"""teacher.media: PyAV write / read round trip, 30 -> 25 fps resampling, audio, decord access, errors,
+display rotation, stream start offsets on the file's timeline."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -18,6 +20,7 @@ from teacher.media import (
     VideoWriter,
     iter_video_frames,
     nearest_frame_indices,
+    orientation_from_matrix,
     read_audio,
     read_video,
     write_video,
@@ -211,3 +214,157 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(MediaError, match="speech.wav: no video stream"):
         read_video(tmp_path / "speech.wav")
     assert issubclass(MediaError, ValueError)
+
+
+def test_errors_truncated_unsupported_and_bad_samples(tmp_path, clip):
+    path, _ = clip
+    data = open(path, "rb").read()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])  # the moov atom is at the end
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    for name in ("truncated.mp4", "notes.mp4"):
+        for fn in (read_video, read_audio, VideoReader):
+            with pytest.raises(MediaError, match=name):
+                fn(tmp_path / name)
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), SR)
+    with pytest.raises(MediaError, match="empty.wav: audio stream has no decodable samples"):
+        read_audio(tmp_path / "empty.wav")
+    for bad in (np.nan, np.inf, -np.inf):
+        x = tone(0.1)
+        x[100] = bad
+        sf.write(tmp_path / "bad.wav", x, SR, subtype="FLOAT")
+        with pytest.raises(MediaError, match="bad.wav: audio has 1 NaN or infinite samples"):
+            read_audio(tmp_path / "bad.wav")
+
+
+# ------------------------------------------------------------------ display rotation and stream start offsets
+def upright_picture(i: int = 0, h: int = 64, w: int = 96) -> np.ndarray:
+    """An asymmetric picture: a white 16 px square top-left, frame number ``i`` in the green level (3 i)."""
+    img = np.full((h, w, 3), 40, np.uint8)
+    img[..., 1] = 3 * i
+    img[:16, :16] = 255
+    return img
+
+
+def write_av(path, n_frames: int, *, fps: int = 25, rotation: int = 0, hflip: bool = False, video_start=0.0,
+             audio_seconds: float = 0.0, audio_start: float = 0.0, sr: int = 48000) -> None:
+    """Write ``upright_picture(i)`` frames the way a phone or an editor does: coded frames plus a display
+    matrix (PyAV: rotate ``rotation`` degrees counter-clockwise, then mirror) and stream start times
+    (exact for 25 and 30 fps: 1/3000 s video ticks); an optional 440 Hz tone track."""
+    with av.open(str(path), "w", format="mp4") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.codec_context.time_base = Fraction(1, 3000)
+        coded = np.rot90(upright_picture()[:, ::-1] if hflip else upright_picture(), -rotation // 90)
+        v.height, v.width = coded.shape[:2]
+        v.pix_fmt = "yuv420p"
+        if rotation or hflip:
+            v.set_display_rotation(rotation, hflip=hflip)
+        a = None
+        if audio_seconds:
+            a = c.add_stream("aac", rate=sr)
+            a.layout = "mono"
+        for i in range(n_frames):
+            img = upright_picture(i)
+            coded = np.rot90(img[:, ::-1] if hflip else img, -rotation // 90)
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(coded), format="rgb24")
+            f.pts, f.time_base = round(3000 * video_start) + i * 3000 // fps, Fraction(1, 3000)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+        if a is not None:
+            x = tone(audio_seconds, 440.0, sr)
+            s0 = round(audio_start * sr)
+            for j in range(0, len(x), 4800):
+                f = av.AudioFrame.from_ndarray(x[None, j : j + 4800].copy(), format="flt", layout="mono")
+                f.sample_rate, f.pts, f.time_base = sr, s0 + j, Fraction(1, sr)
+                c.mux(a.encode(f))
+            c.mux(a.encode(None))
+
+
+def marker_centre(img: np.ndarray) -> tuple[float, float]:
+    """(y, x) centre of the white square (the only pixels with red > 200)."""
+    ys, xs = np.nonzero(img[..., 0] > 200)
+    return float(ys.mean()), float(xs.mean())
+
+
+@pytest.mark.parametrize("rotation,hflip", [(90, False), (180, False), (270, False), (-90, False),
+                                            (0, True), (90, True), (180, True), (270, True)])  # fmt: skip
+def test_display_rotation_applied_on_decode(tmp_path, rotation, hflip):
+    path = tmp_path / f"r{rotation}{'h' if hflip else ''}.mp4"
+    write_av(path, 3, rotation=rotation, hflip=hflip)
+    with av.open(str(path)) as c:  # the file really stores turned frames with a display matrix
+        coded = next(c.decode(video=0)).to_ndarray(format="rgb24")
+        assert coded.shape != (64, 96, 3) or marker_centre(coded) != pytest.approx((7.5, 7.5), abs=1.5)
+    video, _ = read_video(path)
+    native = np.stack(list(iter_video_frames(path, fps=None)))
+    reader = VideoReader(path)
+    decord_frames = reader.get_frames([0, 2])
+    assert video.shape == native.shape == (3, 64, 96, 3) and decord_frames.shape == (2, 64, 96, 3)
+    assert reader.shape == (64, 96, 3)
+    for img in (video[0], native[2], decord_frames[0], decord_frames[1]):
+        y, x = marker_centre(img)
+        assert abs(y - 7.5) < 1.5 and abs(x - 7.5) < 1.5, (y, x)
+        assert img.flags.c_contiguous
+    assert np.abs(decord_frames.astype(np.float64) - native[[0, 2]]).mean() < 1.5
+
+
+def test_orientation_from_matrix_closed_forms():
+    one = 1 << 16
+    assert orientation_from_matrix(None) == (0, False)
+    assert orientation_from_matrix([one, 0, 0, 0, one, 0, 0, 0, 1 << 30]) == (0, False)  # identity
+    assert orientation_from_matrix([0, -one, 0, one, 0, 0, 0, 0, 1 << 30]) == (1, False)  # 90 ccw: rot90 once
+    assert orientation_from_matrix([0, one, 0, -one, 0, 0, 0, 0, 1 << 30]) == (-1, False)  # 90 cw (phones)
+    assert orientation_from_matrix([-one, 0, 0, 0, -one, 0, 0, 0, 1 << 30]) == (2, False)
+    assert orientation_from_matrix([-one, 0, 0, 0, one, 0, 0, 0, 1 << 30]) == (2, True)  # hflip = rot180 + vflip
+    assert orientation_from_matrix([one, 0, 0, 0, -one, 0, 0, 0, 1 << 30]) == (0, True)  # vflip
+    assert orientation_from_matrix([0, 0, 0, 0, 0, 0, 0, 0, 0]) == (0, False)  # degenerate: left as decoded
+
+
+def test_writer_stores_upright_frames_without_rotation(clip):
+    path, _ = clip
+    with av.open(path) as c:
+        f = next(c.decode(video=0))
+        assert f.rotation == 0 and not any("DISPLAYMATRIX" in str(sd.type) for sd in f.side_data)
+        assert (f.width, f.height) == (128, 96)
+
+
+def test_video_starting_after_audio_holds_first_frame(tmp_path):
+    """Video (30 fps, 2.7 s) starts 0.3 s after a 3.0 s audio track: output frame k shows file time k / 25."""
+    path = tmp_path / "late_video.mp4"
+    write_av(path, 81, fps=30, video_start=0.3, audio_seconds=3.0)
+    video, _ = read_video(path)
+    assert len(video) == 75  # ceil(3.0 * 25): from the file's start to the last frame's end
+    native = np.stack(list(iter_video_frames(path, fps=None)))
+    assert len(native) == 81
+    shown = np.array([np.flatnonzero((native == f).all(axis=(1, 2, 3)))[0] for f in video])  # source index
+    t = np.arange(75) / 25
+    expected = np.clip(np.round((t - 0.3) * 30), 0, 80).astype(int)  # no ties: 0.3 s is 9 source frames
+    np.testing.assert_array_equal(shown, expected)
+    assert (shown[: 8] == 0).all()  # 0 .. 0.28 s: the first frame held
+    reader = VideoReader(path)
+    np.testing.assert_array_equal(reader.index_map(25), expected)
+    audio = read_audio(path)
+    assert len(audio) == 3 * SR and np.abs(audio[160:800]).max() > 0.3  # audio starts at 0: nothing prepended
+
+
+def test_audio_starting_late_gets_silence(tmp_path):
+    path = tmp_path / "late_audio.mp4"
+    write_av(path, 25, audio_seconds=0.5, audio_start=0.5)
+    audio = read_audio(path)
+    assert abs(len(audio) / SR - 1.0) <= 1024 / 48000  # 0.5 s of silence + 0.5 s; AAC padding dropped
+    onset = np.argmax(np.abs(audio) > 0.05) / SR
+    assert abs(onset - 0.5) < 0.002 and np.abs(audio[: int(0.48 * SR)]).max() < 0.01  # AAC pre-echo after
+    assert len(read_video(path)[0]) == 25
+
+
+def test_start_offset_below_tolerance_changes_no_frame_count(tmp_path):
+    """A video 10 ms after the audio (priming, muxer rounding) is not moved: 1.0 s gives 25 frames."""
+    path = tmp_path / "nudged.mp4"
+    write_av(path, 25, video_start=0.01, audio_seconds=1.0)
+    video, _ = read_video(path)
+    assert len(video) == 25 and len(VideoReader(path).index_map(25)) == 25
+    assert len(read_audio(path)) == SR
+
+
+def test_nearest_frame_indices_with_start():
+    # source at 0.3 s + i / 10; output frames from 0: the first source frame is held until it starts
+    idx = nearest_frame_indices(0.3 + np.arange(3) / 10, 0.6, 10, start=0.0)
+    np.testing.assert_array_equal(idx, [0, 0, 0, 0, 1, 2])
