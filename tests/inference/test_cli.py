@@ -159,3 +159,13 @@ def test_readme_command_table_matches_the_parser():
             for opt in action.option_strings:
                 if opt.startswith("--") and opt != "--help":
                     assert opt in rows[name], f"README row of `turbosync {name}` does not mention {opt}"
+
+
+def test_lipsync_teacher_mode(files, tmp_path):
+    """--teacher PRESET: the teacher's own conditioning, the same muxing: the same frame count and size."""
+    out = tmp_path / "teacher.mp4"
+    assert main(["lipsync", "--teacher", "teacher/tiny", "--video", str(files["video"]), "--audio", str(files["audio"]),
+                 "--out", str(out), "sampler.num_inference_steps=2"]) == 0  # fmt: skip
+    n, size, seconds = probe(out)
+    assert size == (256, 320) and abs(seconds - files["seconds"]) <= 1024 / 48000 + 1e-3
+    assert n == int(files["seconds"] * 25)  # the teacher keeps the official floor(samples / 640) frames
