@@ -236,10 +236,14 @@ def prepare(src_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prepare
     from tqdm import tqdm
 
     cfg = cfg or PrepareConfig()
-    out = Path(out_dir)
+    src, out = Path(src_dir), Path(out_dir)
+    if not src.is_dir():  # checked before anything is created
+        raise FileNotFoundError(f"{src}: source folder not found" if not src.exists() else f"{src}: not a folder")
+    videos = find_videos(src)
+    if not videos:
+        raise FileNotFoundError(f"{src}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in the source folder")
     (out / "shards").mkdir(parents=True, exist_ok=True)
     (out / "progress").mkdir(exist_ok=True)
-    videos = find_videos(src_dir)
     report = PrepareReport(sources=len(videos))
     jobs = []
     for v in videos:
