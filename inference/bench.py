@@ -102,7 +102,7 @@ def isolated(bundle, avatar, audio, cfg, decoder, frames: list[np.ndarray], out_
         idx = np.arange(a - k, min(a + cfg.chunk, n))
         src = pingpong(idx, avatar.num_frames)
         t = time.perf_counter()
-        x0 = denoise(state, window(state, idx, src, k))
+        x0 = denoise(state, window(state, idx, src, k))[:, :, k:]
         out["unet"] += time.perf_counter() - t
         t = time.perf_counter()
         faces = decode(state, x0, src[k:])

@@ -46,7 +46,9 @@ class EngineConfig:
     (C + K <= 24). steps: sampler steps (1-4; None = the export's default). decoder: "vae" or "tiny".
     degrade: allow degradation when paced by a clock. threads: torch threads (None = leave as is).
     seed: the stream's noise. renoise: ``sample_lcm``'s re-noising for steps > 1. audio: streaming
-    Whisper settings. w: guidance scale s fed to the student (None = the export's).
+    Whisper settings. w: guidance scale s fed to the student (None = the export's). blend: cross-fade the
+    K frames two windows share (their x0 latents, weights (j + 1) / (K + 1) toward the newer window), which
+    holds K frames back (latency + K frames); needs chunk >= context.
     """
 
     chunk: int = 4
@@ -58,6 +60,7 @@ class EngineConfig:
     seed: int = 0
     renoise: str = "per_frame"
     w: float | None = None
+    blend: bool = False
     audio: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self):
@@ -67,6 +70,8 @@ class EngineConfig:
             raise ValueError(f"chunk + context must be at most {MAX_POSITIONS} (got {self.chunk} + {self.context})")
         if self.steps is not None and not 1 <= self.steps <= 4:
             raise ValueError(f"steps must be 1-4, got {self.steps}")
+        if self.blend and self.chunk < self.context:
+            raise ValueError(f"blend needs chunk >= context (got {self.chunk} < {self.context})")
         if self.decoder not in ("vae", "tiny"):
             raise ValueError(f"decoder must be 'vae' or 'tiny', got {self.decoder!r}")
 
@@ -88,6 +93,7 @@ class EngineState:
     feat_start: int = 0
     next_frame: int = 0
     level: int = 0
+    held: torch.Tensor | None = None  # blend: x0 [1, 4, K, h, w] of the K frames before next_frame, not emitted yet
     aligner: Any = None
     clock: Callable[[], float] | None = None
     t0: float | None = None
@@ -143,7 +149,13 @@ def flush(state: EngineState) -> tuple[list[np.ndarray], EngineState]:
     _append(state, new)
     frames = []
     while _ready(state) > 0:
-        frames += _generate(state, min(state.cfg.chunk, _ready(state)))
+        n = min(state.cfg.chunk, _ready(state))
+        frames += _generate(state, n, final=n == _ready(state))
+    if _held(state):  # the stream ended exactly on a chunk boundary: the held frames leave as they are
+        k = _held(state)
+        frames += _emit(state, state.held, pingpong(np.arange(state.next_frame - k, state.next_frame),
+                                                    state.avatar.num_frames), "full")  # fmt: skip
+        state.held = None
     return frames, state
 
 
@@ -163,8 +175,10 @@ def _steps(state: EngineState) -> int:
 
 
 @torch.no_grad()
-def _generate(state: EngineState, n: int) -> list[np.ndarray]:
-    """Generate frames [next_frame, next_frame + n) with up to K context frames before them."""
+def _generate(state: EngineState, n: int, final: bool = False) -> list[np.ndarray]:
+    """Generate frames [next_frame, next_frame + n) with up to K context frames before them. With
+    ``cfg.blend``, the last K frames are held back (``final``: none) and the held frames of the previous
+    window are cross-faded with this window's prediction of them before they leave."""
     cfg, av = state.cfg, state.avatar
     a = state.next_frame
     k = min(cfg.context, a)
@@ -173,11 +187,17 @@ def _generate(state: EngineState, n: int) -> list[np.ndarray]:
     t_chunk = time.perf_counter()
     level = LEVELS[state.level] if cfg.degrade and state.clock is not None else "full"
     if level == "pass_through":
-        out = [np.array(av.frames[s]) for s in src[k:]]
+        out = _emit(state, state.held, src[k - _held(state) : k], level) if _held(state) else []
+        out += [np.array(av.frames[s]) for s in src[k:]]
+        state.held = None
     else:
-        out = _run_window(state, idx, src, k, level)
+        out = _run_window(state, idx, src, k, level, hold=0 if final or not cfg.blend else cfg.context)
     _advance(state, a + n, level, len(out), time.perf_counter() - t_chunk)
     return out
+
+
+def _held(state: EngineState) -> int:
+    return 0 if state.held is None else state.held.shape[2]
 
 
 @dataclass
@@ -213,14 +233,13 @@ def window(state: EngineState, idx: np.ndarray, src: np.ndarray, k: int) -> Wind
 
 
 def denoise(state: EngineState, win: Window) -> torch.Tensor:
-    """The student sampler on a window; x0 of the new frames [1, 4, F - k, h, w]."""
+    """The student sampler on a window; x0 of all its frames [1, 4, F, h, w] (context frames included)."""
     from student.sampler import lcm_timesteps, sample_lcm
 
     den = state.bundle.denoiser
     ts = lcm_timesteps(win.steps, den.settings.num_ddim_timesteps, den.settings.num_train_timesteps)
     g = torch.Generator().manual_seed(win.seed)
-    x0 = sample_lcm(den, ts, *win.latents, w=state.cfg.w or state.bundle.w, generator=g, renoise=state.cfg.renoise)
-    return x0[:, :, win.k :]
+    return sample_lcm(den, ts, *win.latents, w=state.cfg.w or state.bundle.w, generator=g, renoise=state.cfg.renoise)
 
 
 def decode(state: EngineState, x0: torch.Tensor, src: np.ndarray, level: str = "full") -> np.ndarray:
@@ -265,20 +284,37 @@ def _paste_on_device(state: EngineState, out: list[np.ndarray], faces: np.ndarra
     return out
 
 
-def _run_window(state: EngineState, idx: np.ndarray, src: np.ndarray, k: int, level: str) -> list[np.ndarray]:
-    """window -> denoise -> decode -> paste, each stage timed into ``state.stats["seconds"]``."""
+def _run_window(state: EngineState, idx: np.ndarray, src: np.ndarray, k: int, level: str, hold: int = 0
+                ) -> list[np.ndarray]:  # fmt: skip
+    """window -> denoise (-> cross-fade the held frames) -> decode -> paste, each stage timed into
+    ``state.stats["seconds"]``; the last ``hold`` frames' x0 stay in ``state.held``."""
     secs = state.stats["seconds"]
     t = time.perf_counter()
-    win = window(state, idx, src, k)
-    x0 = denoise(state, win)
+    x0 = denoise(state, window(state, idx, src, k))
     secs["unet"] += time.perf_counter() - t
+    first = k  # index in the window of the first frame to emit
+    held = _held(state)
+    if held:  # the held frames are the window's last ``held`` context frames: cross-fade, then emit them
+        alpha = torch.arange(1, held + 1, dtype=x0.dtype, device=x0.device).div(held + 1).view(1, 1, -1, 1, 1)
+        x0[:, :, k - held : k] = (1 - alpha) * state.held.to(x0.dtype) + alpha * x0[:, :, k - held : k]
+        first = k - held
+    end = len(idx) - hold
+    state.held = x0[:, :, end:].clone() if hold else None
+    return _emit(state, x0[:, :, first:end], src[first:end], level)
+
+
+def _emit(state: EngineState, x0: torch.Tensor, src: np.ndarray, level: str) -> list[np.ndarray]:
+    """Decode, composite and paste x0 of frames ``src``; stage times into ``state.stats``."""
+    secs = state.stats["seconds"]
+    if len(src) == 0:
+        return []
     t = time.perf_counter()
-    faces = decode(state, x0, src[k:], level)
+    faces = decode(state, x0, src, level)
     secs["decode"] += time.perf_counter() - t
     t = time.perf_counter()
-    out = paste(state, faces, src[k:])
+    out = paste(state, faces, src)
     secs["paste"] += time.perf_counter() - t
-    state.stats["passed_through_faceless"] += int((~state.avatar.has_face[src[k:]]).sum())
+    state.stats["passed_through_faceless"] += int((~state.avatar.has_face[src]).sum())
     return out
 
 

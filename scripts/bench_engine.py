@@ -51,13 +51,14 @@ def mouth_change(crops: np.ndarray, box=(0.22, 0.55, 0.78, 0.92)) -> np.ndarray:
     return np.abs(np.diff(m, axis=0)).mean(axis=(1, 2, 3))
 
 
-def run_engine(student: str, video: Path, audio: np.ndarray, out: Path, chunk: int | None, work: Path):
+def run_engine(student: str, video: Path, audio: np.ndarray, out: Path, chunk: int | None, work: Path,
+               overrides: list[str] | None = None):
     from inference.avatar import prepare_avatar
     from inference.run import lipsync_file, load_engine_config, load_student
 
     bundle = load_student(student)
     avatar = prepare_avatar(video, work / f"avatar_{video.stem}", bundle, progress=False)
-    cfg = load_engine_config("engine/toy", [], steps=1, degrade=False, chunk=chunk)
+    cfg = load_engine_config("engine/toy", overrides or [], steps=1, degrade=False, chunk=chunk)
     report = lipsync_file(student, out, audio=audio, avatar=avatar.path, cfg=cfg, progress=False)
     return avatar, report, cfg
 
@@ -77,7 +78,8 @@ def sync_and_seams(args, work: Path) -> dict:
     for k in range(args.clips):
         src = work / "heldout" / "src" / f"clip_{k:05d}.mp4"
         audio = read_audio(src, 16000)
-        avatar, report, cfg = run_engine(args.student, src, audio, work / f"engine_{k}.mp4", args.chunk, work)
+        avatar, report, cfg = run_engine(args.student, src, audio, work / f"engine_{k}.mp4", args.chunk, work,
+                                         args.set)
         crops = output_crops(work / f"engine_{k}.mp4", avatar)
         gt = read_sidecar(src)["mouth_open"]
         n = min(len(crops), len(gt), avatar.num_frames)
@@ -101,7 +103,8 @@ def sync_and_seams(args, work: Path) -> dict:
             "ratio": engine_sync / offline["sync_score"], "face_frames": faces, "edited_face_frames": edited,
             "mouth_change": {"across_chunk_boundaries": b, "within_chunks": w, "ground_truth": t,
                              "boundary_over_within": b / w, "boundary_over_truth": b / t},
-            "chunk": args.chunk, "clips": args.clips, "seconds": args.seconds}  # fmt: skip
+            "chunk": cfg.chunk, "context": cfg.context, "set": args.set, "clips": args.clips,
+            "seconds": args.seconds}  # fmt: skip
 
 
 def long_runs(args, work: Path) -> dict:
@@ -114,7 +117,8 @@ def long_runs(args, work: Path) -> dict:
     face = CASES / "c11_still_face_1s_256px_noaudio.mp4"
     out = {}
     for name, audio in (("32s", vowel), ("64s", np.concatenate([vowel, vowel]))):
-        avatar, report, _ = run_engine(args.student, face, audio, work / f"c11_{name}.mp4", args.chunk, work)
+        avatar, report, _ = run_engine(args.student, face, audio, work / f"c11_{name}.mp4", args.chunk, work,
+                                       args.set)
         opening = measure_mouth(output_crops(work / f"c11_{name}.mp4", avatar), region=LOWER_HALF_REGION)
         jumps = np.abs(np.diff(opening))
         marks = [s for s in (30, 60) if s * 25 < len(jumps)]
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout-seed", type=int, default=1000)
     p.add_argument("--chunk", type=int, default=None, help="engine chunk (default: the toy preset's)")
     p.add_argument("--long", action="store_true", help="also the 32 s / 64 s c11 runs")
+    p.add_argument("--set", nargs="*", default=[], help="engine config overrides key=value (context=0 ...)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ def _lipsync(args: argparse.Namespace) -> int:
         cfg = load_engine_config(args.preset, args.overrides, **_engine_options(args))
         report = lipsync_file(args.student, args.out, audio_path=args.audio or args.video, video=args.video,
                               avatar=args.avatar, cfg=cfg, tiny_decoder=args.tiny_decoder)  # fmt: skip
-    except (InputError, ValueError) as err:
+    except (InputError, ValueError, KeyError) as err:
         return _fail(str(err))
     print(report.summary())
     return 0
@@ -120,7 +120,7 @@ def _demo(args: argparse.Namespace) -> int:
         cfg = load_engine_config(args.preset, [], **_engine_options(args))
         report = lipsync_file(args.student, args.out, audio=audio, video=None, avatar=None, cfg=cfg,
                               tiny_decoder=args.tiny_decoder, frames=frames)  # fmt: skip
-    except (InputError, ValueError) as err:
+    except (InputError, ValueError, KeyError) as err:
         return _fail(str(err))
     print(report.summary())
     return 0
@@ -133,7 +133,7 @@ def _bench_stream(args: argparse.Namespace) -> int:
     try:
         report = bench_stream(args.student, args.preset, seconds=args.seconds, device=args.device,
                               tiny_decoder=args.tiny_decoder, flops=not args.no_flops, overrides=args.overrides)
-    except (InputError, ValueError) as err:
+    except (InputError, ValueError, KeyError) as err:
         return _fail(str(err))
     print_report(report)
     print(write_report(report, args.out))

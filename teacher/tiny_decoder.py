@@ -89,9 +89,16 @@ class TinyDecoder(torch.nn.Module):
         folder = Path(path)
         _check_folder(folder)
         variant = None if any((folder / name).is_file() for name in WEIGHT_FILES[:2]) else "fp16"
-        tae = AutoencoderTiny.from_pretrained(
-            str(folder), torch_dtype=torch_dtype, local_files_only=True, variant=variant
-        )
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # AutoencoderTiny warns about its own saved block_out_channels
+        try:
+            tae = AutoencoderTiny.from_pretrained(
+                str(folder), torch_dtype=torch_dtype, local_files_only=True, variant=variant
+            )
+        finally:
+            diffusers_logging.set_verbosity(level)
         return cls(tae)
 
     @classmethod

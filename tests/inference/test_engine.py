@@ -55,14 +55,16 @@ def run(bundle, avatar, audio, pieces: list[int], cfg: EngineConfig | None = Non
     return out + frames
 
 
-def test_same_frames_whatever_the_audio_cut(world):
+@pytest.mark.parametrize("blend", [False, True], ids=["plain", "blend"])
+def test_same_frames_whatever_the_audio_cut(world, blend):
     """One piece, 20 ms pieces and ragged pieces give the same frames (relative error < 1e-4)."""
     bundle, avatar, audio = world
-    whole = run(bundle, avatar, audio, [len(audio)])
+    cfg = EngineConfig(chunk=4, context=2, degrade=False, blend=blend)
+    whole = run(bundle, avatar, audio, [len(audio)], cfg)
     assert len(whole) == -(-len(audio) // 640)  # ceil(samples / 640): the last partial frame gets one
-    small = run(bundle, avatar, audio, [320] * (len(audio) // 320 + 1))
+    small = run(bundle, avatar, audio, [320] * (len(audio) // 320 + 1), cfg)
     rng = np.random.default_rng(0)
-    ragged = run(bundle, avatar, audio, list(rng.integers(0, 3000, size=len(audio) // 700 + 10)) + [len(audio)])
+    ragged = run(bundle, avatar, audio, list(rng.integers(0, 3000, size=len(audio) // 700 + 10)) + [len(audio)], cfg)
     ref = np.stack(whole).astype(np.float64)
     for other in (small, ragged):
         assert len(other) == len(whole)
@@ -91,6 +93,22 @@ def test_context_changes_the_window_but_not_the_count(world):
     assert len(a) == len(b)
     assert np.array_equal(np.stack(a[:4]), np.stack(b[:4]))  # the first chunk has no past either way
     assert not np.array_equal(np.stack(a[4:]), np.stack(b[4:]))  # the context frames enter the U-Net window
+
+
+def test_blend_cross_fades_the_shared_frames(world):
+    """blend: frames that two windows share leave as a cross-fade of both predictions; the rest as before.
+    The stream ending on a chunk boundary still emits every frame."""
+    bundle, avatar, audio = world
+    plain = run(bundle, avatar, audio, [len(audio)], EngineConfig(chunk=4, context=2, degrade=False))
+    blend = run(bundle, avatar, audio, [len(audio)], EngineConfig(chunk=4, context=2, degrade=False, blend=True))
+    assert len(plain) == len(blend)
+    assert np.array_equal(np.stack(plain[:2]), np.stack(blend[:2]))  # frames 0, 1: first window, never shared
+    assert not np.array_equal(plain[2], blend[2])  # frame 2: shared by windows [0, 4) and [2, 8)
+    exact = run(bundle, avatar, audio[: 16 * 640], [16 * 640], EngineConfig(chunk=4, context=2, degrade=False,
+                                                                          blend=True))  # fmt: skip
+    assert len(exact) == 16
+    with pytest.raises(ValueError, match="chunk >= context"):
+        EngineConfig(chunk=2, context=4, blend=True)
 
 
 def test_faceless_frames_pass_through(world, tmp_path):
