@@ -166,13 +166,14 @@ def bench_stream(student_dir: str | Path, preset: str = "engine/toy", seconds: f
                  overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """All of the above on one synthetic clip; returns the JSON-ready report."""
     from distill.synthworld import make_clip
-    from inference.run import _tiny_decoder
+    from inference.run import _tiny_decoder, decoder_fallback
 
     cfg = load_engine_config(preset, overrides)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     bundle = load_student(student_dir, device)
     decoder = _tiny_decoder(tiny_decoder, bundle)
+    cfg = decoder_fallback(cfg, decoder)
     clip = make_clip(seed, resolution=256, seconds=seconds)
     with tempfile.TemporaryDirectory(prefix="turbosync-bench-") as tmp:
         avatar = prepare_avatar(clip.frames, Path(tmp) / "avatar", bundle, progress=False)

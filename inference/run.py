@@ -85,8 +85,8 @@ class LipsyncReport:
         s = self.stats
         faceless = s.get("passed_through_faceless", 0)
         return (f"{self.frames} frames ({self.audio_seconds:.2f} s of audio) in {self.wall_seconds:.2f} s: "
-                f"{self.fps:.1f} fps, real-time factor {self.real_time_factor:.2f}; {faceless} faceless frames "
-                f"passed through -> {self.out_path}")  # fmt: skip
+                f"{self.fps:.1f} fps, real-time factor {self.real_time_factor:.2f}; decoder {s.get('decoder')}; "
+                f"{faceless} faceless frames passed through -> {self.out_path}")  # fmt: skip
 
 
 def lipsync_file(
@@ -114,7 +114,7 @@ def lipsync_file(
         raise InputError("the audio has no samples")
     bundle = load_student(student_dir)
     decoder = _tiny_decoder(tiny_decoder, bundle)
-    cfg = cfg or EngineConfig()
+    cfg = decoder_fallback(cfg or EngineConfig(), decoder)
     try:
         if avatar is not None:
             av = load_avatar(avatar, bundle)
@@ -124,6 +124,13 @@ def lipsync_file(
             return _run(bundle, av, audio, out_path, cfg, decoder, piece_seconds, progress)
     except AvatarError as err:
         raise InputError(str(err)) from None
+
+
+def decoder_fallback(cfg: EngineConfig, tiny_decoder) -> EngineConfig:
+    """``cfg`` with decoder "vae" when it asks for a tiny decoder that the export does not have."""
+    from dataclasses import replace
+
+    return replace(cfg, decoder="vae") if cfg.decoder == "tiny" and tiny_decoder is None else cfg
 
 
 def _tiny_decoder(path, bundle):
@@ -165,5 +172,5 @@ def _run(bundle, av, audio, out_path, cfg, decoder, piece_seconds, progress) -> 
             writer.write(f)
         written += len(frames)
         bar.update(len(frames))
-    stats = {k: v for k, v in state.stats.items()}
+    stats = {**state.stats, "decoder": cfg.decoder}
     return LipsyncReport(written, len(audio) / SAMPLE_RATE, time.perf_counter() - t0, stats, out_path)
