@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--preset", default="engine/toy")
     p.add_argument("--out", type=Path, default=Path("runs/bench_memory.json"))
+    p.add_argument("--set", nargs="*", default=[], help="engine config overrides key=value (threads=1 ...)")
     args = p.parse_args(argv)
 
     from distill.synthworld import make_clip
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from inference.run import load_engine_config, load_student
     from teacher.media import VideoWriter
 
-    cfg = load_engine_config(args.preset, [], degrade=False)
+    cfg = load_engine_config(args.preset, args.set, degrade=False)
     torch.set_num_threads(int(cfg.threads or 1))
     bundle = load_student(args.student)
     speech = make_clip(11, resolution=256, seconds=20.0).audio.astype(np.float32)
