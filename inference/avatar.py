@@ -95,7 +95,8 @@ def _source_hash(source, frames: np.ndarray) -> str:
 
 def vae_fingerprint(vae) -> dict[str, Any]:
     """What the latents depend on besides the pixels: the VAE's config hash and scaling."""
-    config = json.dumps(dict(vae.vae.config), sort_keys=True, default=str)
+    config = {k: v for k, v in dict(vae.vae.config).items() if not k.startswith("_")}  # not _name_or_path: a copied
+    config = json.dumps(config, sort_keys=True, default=str)  # or moved export stays the same student
     return {"config_sha256": hashlib.sha256(config.encode()).hexdigest(), "scaling_factor": float(vae.scaling_factor),
             "shift_factor": float(vae.shift_factor)}  # fmt: skip
 
@@ -114,7 +115,7 @@ def read_source(source: str | os.PathLike | np.ndarray) -> np.ndarray:
         return source
     path = Path(source)
     if not path.is_file():
-        raise AvatarError(f"{path}: no such file")
+        raise AvatarError(f"{path}: file not found")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         import cv2
 

@@ -64,6 +64,10 @@ class EngineConfig:
     audio: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self):
+        for name in ("chunk", "context", "steps", "threads", "seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if not 1 <= self.chunk <= 16:
             raise ValueError(f"chunk must be 1-16 frames, got {self.chunk}")
         if self.context < 0 or self.chunk + self.context > MAX_POSITIONS:

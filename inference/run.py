@@ -52,7 +52,7 @@ def read_audio_16k(path: str | os.PathLike) -> np.ndarray:
     from teacher.media import MediaError, read_audio
 
     if not Path(path).is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: file not found")
     try:
         audio = read_audio(path, sample_rate=SAMPLE_RATE)
     except MediaError as err:
@@ -127,10 +127,15 @@ def lipsync_file(
 
 
 def decoder_fallback(cfg: EngineConfig, tiny_decoder) -> EngineConfig:
-    """``cfg`` with decoder "vae" when it asks for a tiny decoder that the export does not have."""
+    """``cfg`` with decoder "vae" (and a note on stderr) when it asks for a tiny decoder the export does not have."""
+    import sys
     from dataclasses import replace
 
-    return replace(cfg, decoder="vae") if cfg.decoder == "tiny" and tiny_decoder is None else cfg
+    if cfg.decoder == "tiny" and tiny_decoder is None:
+        print("note: the student has no tiny_decoder/ and no --tiny-decoder was given: decoding with its VAE",
+              file=sys.stderr)  # fmt: skip
+        return replace(cfg, decoder="vae")
+    return cfg
 
 
 def _tiny_decoder(path, bundle):
@@ -141,8 +146,8 @@ def _tiny_decoder(path, bundle):
             return None
     from teacher.tiny_decoder import load_tiny_decoder
 
-    if not Path(path).exists():
-        raise InputError(f"{path}: no such tiny decoder folder")
+    if not (Path(path) / "config.json").is_file():
+        raise InputError(f"{path}: not a tiny decoder folder (no config.json)")
     return load_tiny_decoder(path).to(bundle.vae.device)
 
 

@@ -53,8 +53,13 @@ def _teacher_demo(args: argparse.Namespace) -> int:
 TOY_STUDENT = Path(__file__).resolve().parent.parent / "assets" / "toy_student"
 
 
-def _fail(message: str) -> int:
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError)  # an unusable input or option: one line, exit 2
+
+
+def _fail(message: str | BaseException) -> int:
     """One clear line on stderr and exit code 2 (an unusable input)."""
+    if isinstance(message, KeyError) and message.args:
+        message = message.args[0]  # not the quoted repr
     print(f"error: {message}", file=sys.stderr)
     return 2
 
@@ -75,8 +80,8 @@ def _lipsync(args: argparse.Namespace) -> int:
         cfg = load_engine_config(args.preset, args.overrides, **_engine_options(args))
         report = lipsync_file(args.student, args.out, audio_path=args.audio or args.video, video=args.video,
                               avatar=args.avatar, cfg=cfg, tiny_decoder=args.tiny_decoder)  # fmt: skip
-    except (InputError, ValueError, KeyError) as err:
-        return _fail(str(err))
+    except (InputError, *USER_ERRORS) as err:
+        return _fail(err)
     print(report.summary())
     return 0
 
@@ -104,8 +109,8 @@ def _avatar_prepare(args: argparse.Namespace) -> int:
     try:
         bundle = load_student(args.student)
         av = prepare_avatar(args.source, args.out_dir, bundle, seed=args.seed)
-    except (InputError, AvatarError) as err:
-        return _fail(str(err))
+    except (InputError, AvatarError, *USER_ERRORS) as err:
+        return _fail(err)
     print(f"avatar: {av.num_frames} frames ({int(av.has_face.sum())} with a face) at {av.resolution} px -> {av.path}")
     return 0
 
@@ -120,8 +125,8 @@ def _demo(args: argparse.Namespace) -> int:
         cfg = load_engine_config(args.preset, [], **_engine_options(args))
         report = lipsync_file(args.student, args.out, audio=audio, video=None, avatar=None, cfg=cfg,
                               tiny_decoder=args.tiny_decoder, frames=frames)  # fmt: skip
-    except (InputError, ValueError, KeyError) as err:
-        return _fail(str(err))
+    except (InputError, *USER_ERRORS) as err:
+        return _fail(err)
     print(report.summary())
     return 0
 
@@ -133,8 +138,8 @@ def _bench_stream(args: argparse.Namespace) -> int:
     try:
         report = bench_stream(args.student, args.preset, seconds=args.seconds, device=args.device,
                               tiny_decoder=args.tiny_decoder, flops=not args.no_flops, overrides=args.overrides)
-    except (InputError, ValueError, KeyError) as err:
-        return _fail(str(err))
+    except (InputError, *USER_ERRORS) as err:
+        return _fail(err)
     print_report(report)
     print(write_report(report, args.out))
     return 0
@@ -207,12 +212,22 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-degrade", action="store_true", help="never trade quality for pace")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it, or it has none worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
 def _with_defaults_shown(sub):
     """Sub-commands whose --help shows every option's default."""
     add = sub.add_parser
 
     def add_parser(name, **kw):
-        return add(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+        return add(name, formatter_class=_DefaultsFormatter, **kw)
 
     sub.add_parser = add_parser
     return sub
@@ -228,8 +243,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="turbosync", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="turbosync", description=__doc__, formatter_class=_DefaultsFormatter)
     parser.add_argument("--version", action="version", version=f"turbosync {_version()}")
     sub = _with_defaults_shown(parser.add_subparsers(dest="command", required=True))
 
@@ -336,9 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through the writers and temporary folders, which clean up
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -101,6 +101,10 @@ def _unusable(files, tmp_path):
          "broken_avatar"),
         ("not an export", ["lipsync", "--student", str(not_export), "--video", str(files["video"]), "--audio",
                            str(files["audio"])], "not_export"),
+        ("unknown preset", base + ["--video", str(files["video"]), "--preset", "engine/nope"], "engine/nope"),
+        ("bad override", base + ["--video", str(files["video"]), "chunk=abc"], "chunk"),
+        ("not a tiny decoder", base + ["--video", str(files["video"]), "--decoder", "tiny", "--tiny-decoder",
+                                       str(not_export)], "not_export"),
     ]  # fmt: skip
 
 
@@ -169,3 +173,27 @@ def test_lipsync_teacher_mode(files, tmp_path):
     n, size, seconds = probe(out)
     assert size == (256, 320) and abs(seconds - files["seconds"]) <= 1024 / 48000 + 1e-3
     assert n == int(files["seconds"] * 25)  # the teacher keeps the official floor(samples / 640) frames
+
+
+def test_terminated_run_leaves_nothing_behind(files, tmp_path):
+    """SIGTERM mid-run (a container stop, `timeout`): exit 143, no output, no temporary mp4 or avatar folder."""
+    import os
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "killed.mp4"
+    env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "lipsync", "--student", str(files["student"]),
+                             "--video", str(files["video"]), "--audio", str(files["audio"]), "--out", str(out)],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not list(tmp.glob("turbosync-avatar-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # wait until the run is under way (its temporary avatar exists)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (143, 0), err[-2000:]  # 0 only if it finished before the signal landed
+    if proc.returncode == 143:
+        assert not out.exists() and "Traceback" not in err
+    assert not list(tmp.iterdir()) and not list(tmp_path.glob(".killed*"))

@@ -142,8 +142,12 @@ def test_degradation_under_a_clock(world):
 
 
 def test_avatar_failures(world, tmp_path):
+    import student
+
     bundle, avatar, _ = world
     assert load_avatar(avatar.path, bundle).num_frames == avatar.num_frames
+    moved = shutil.copytree(bundle.path, tmp_path / "moved_student")  # the same student under another path
+    assert load_avatar(avatar.path, student.load_bundle(moved)).num_frames == avatar.num_frames
     broken = tmp_path / "broken"
     shutil.copytree(avatar.path, broken)
     (broken / "ref_latents.npy").unlink()
