@@ -7,6 +7,8 @@
    aligned crop with the avatar's own matrix, and ``measure_mouth`` on the lower half is correlated with
    the true mouth opening (the distillation benchmark's ``sync_score``). The same clips' 8-frame windows
    through the offline student (``distill.benchmark``, 1 step, offline Whisper features) give the reference.
+   ``--draws D``: both are repeated over D noise draws (engine seed d; offline window noise draw d, as
+   ``bench_distill --noise-draws``) and the means compared.
    Also the share of face frames the engine edited.
 2. seams: mean absolute frame-to-frame change inside the mouth box of the crops, for frame pairs that
    straddle a chunk boundary vs pairs inside a chunk, against the same measure on the real frames.
@@ -64,6 +66,8 @@ def run_engine(student: str, video: Path, audio: np.ndarray, out: Path, chunk: i
 
 
 def sync_and_seams(args, work: Path) -> dict:
+    """Per noise draw d (``--draws``): the engine with ``seed=d`` and the offline student on windows whose noise is
+    draw d (draw 0: the windows' own noise, as ``bench_distill``); sync scores and their means."""
     import student as student_pkg
     from distill.benchmark import evaluate, make_windows, pearson, student_method
     from distill.synthworld import LOWER_HALF_REGION, measure_mouth, read_sidecar
@@ -73,38 +77,43 @@ def sync_and_seams(args, work: Path) -> dict:
 
     bundle = load_student(args.student)
     data = heldout(work / "heldout", args.clips, args.seconds, args.heldout_seed, bundle.num_frames)
-    measured, truth, edited, faces = [], [], 0, 0
-    seams = {"boundary": [], "within": [], "truth": []}
-    for k in range(args.clips):
-        src = work / "heldout" / "src" / f"clip_{k:05d}.mp4"
-        audio = read_audio(src, 16000)
-        avatar, report, cfg = run_engine(args.student, src, audio, work / f"engine_{k}.mp4", args.chunk, work,
-                                         args.set)
-        crops = output_crops(work / f"engine_{k}.mp4", avatar)
-        gt = read_sidecar(src)["mouth_open"]
-        n = min(len(crops), len(gt), avatar.num_frames)
-        measured.append(measure_mouth(crops[:n], region=LOWER_HALF_REGION))
-        truth.append(gt[:n])
-        real = np.asarray(avatar.crops[:n])
-        faces += int(avatar.has_face[:n].sum())
-        edited += int(sum(np.abs(crops[i].astype(int) - real[i]).max() > 0 for i in range(n) if avatar.has_face[i]))
-        change = mouth_change(crops[:n])
-        pairs = np.arange(1, n)  # pair (i - 1, i)
-        boundary = pairs % cfg.chunk == 0
-        seams["boundary"] += change[boundary].tolist()
-        seams["within"] += change[~boundary].tolist()
-        seams["truth"] += mouth_change(real).tolist()
     stu = student_pkg.load_denoiser(args.student)
-    windows = make_windows(data, bundle.vae, seed=0)
-    offline = evaluate({"student_1": student_method(stu, 1)}, windows, bundle.vae)[0]["student_1"]
-    engine_sync = pearson(np.concatenate(measured), np.concatenate(truth))
+    engine_syncs, offline_syncs, edited, faces = [], [], 0, 0
+    seams = {"boundary": [], "within": [], "truth": []}
+    for d in range(args.draws):
+        measured, truth = [], []
+        for k in range(args.clips):
+            src = work / "heldout" / "src" / f"clip_{k:05d}.mp4"
+            audio = read_audio(src, 16000)
+            avatar, report, cfg = run_engine(args.student, src, audio, work / f"engine_{k}.mp4", args.chunk, work,
+                                             [*args.set, f"seed={d}"])  # fmt: skip
+            crops = output_crops(work / f"engine_{k}.mp4", avatar)
+            gt = read_sidecar(src)["mouth_open"]
+            n = min(len(crops), len(gt), avatar.num_frames)
+            measured.append(measure_mouth(crops[:n], region=LOWER_HALF_REGION))
+            truth.append(gt[:n])
+            real = np.asarray(avatar.crops[:n])
+            faces += int(avatar.has_face[:n].sum())
+            edited += int(sum(np.abs(crops[i].astype(int) - real[i]).max() > 0 for i in range(n)
+                              if avatar.has_face[i]))  # fmt: skip
+            change = mouth_change(crops[:n])
+            boundary = np.arange(1, n) % cfg.chunk == 0  # pair (i - 1, i) straddles a chunk boundary
+            seams["boundary"] += change[boundary].tolist()
+            seams["within"] += change[~boundary].tolist()
+            seams["truth"] += mouth_change(real).tolist()
+        engine_syncs.append(pearson(np.concatenate(measured), np.concatenate(truth)))
+        windows = make_windows(data, bundle.vae, seed=0, noise_seed=None if d == 0 else 1000 + d)
+        offline_syncs.append(evaluate({"student_1": student_method(stu, 1)}, windows, bundle.vae)[0]["student_1"]
+                             ["sync_score"])  # fmt: skip
     b, w, t = (float(np.mean(seams[x])) for x in ("boundary", "within", "truth"))
-    return {"engine_sync_score": engine_sync, "offline_student_1_sync_score": offline["sync_score"],
-            "ratio": engine_sync / offline["sync_score"], "face_frames": faces, "edited_face_frames": edited,
+    e, o = float(np.mean(engine_syncs)), float(np.mean(offline_syncs))
+    return {"engine_sync_score": e, "offline_student_1_sync_score": o, "ratio": e / o,
+            "per_draw": {"engine": engine_syncs, "offline": offline_syncs}, "face_frames": faces,
+            "edited_face_frames": edited,
             "mouth_change": {"across_chunk_boundaries": b, "within_chunks": w, "ground_truth": t,
                              "boundary_over_within": b / w, "boundary_over_truth": b / t},
             "chunk": cfg.chunk, "context": cfg.context, "set": args.set, "clips": args.clips,
-            "seconds": args.seconds}  # fmt: skip
+            "seconds": args.seconds, "draws": args.draws}  # fmt: skip
 
 
 def long_runs(args, work: Path) -> dict:
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=None, help="engine chunk (default: the toy preset's)")
     p.add_argument("--long", action="store_true", help="also the 32 s / 64 s c11 runs")
     p.add_argument("--set", nargs="*", default=[], help="engine config overrides key=value (context=0 ...)")
+    p.add_argument("--draws", type=int, default=1, help="noise draws: engine seeds 0..D-1, offline window noise draws")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
