@@ -21,7 +21,9 @@ face whose box is at least 50 x 80 px with width / height in [0.2, 1.5] and scor
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +58,26 @@ FAN68_ANCHOR_INDICES = ((17, 18, 19, 20, 21), (22, 23, 24, 25, 26), (29, 31, 35,
 
 class BackendUnavailableError(RuntimeError):
     """A landmark back-end cannot run here (package or weights missing)."""
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(active: bool = True):
+    """Send file descriptor 2 to /dev/null while ``active``: mediapipe and TensorFlow Lite write their start-up
+    log lines (absl / glog, "W0000 ... feedback manager", "Created TensorFlow Lite XNNPACK delegate") from C++
+    straight to fd 2, which no Python logging setting reaches. Used only around a graph's creation and first
+    frame; Python exceptions still propagate (and print after the descriptor is restored)."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @runtime_checkable
@@ -129,21 +151,27 @@ class MediaPipeLandmarker:
         return face_detection, face_mesh
 
     def _meshes(self, image: np.ndarray) -> list[np.ndarray]:
-        if self._mesh is None:
-            self._mesh = self._solutions()[1].FaceMesh(
-                static_image_mode=self.static_image_mode, max_num_faces=self.max_num_faces,
-                refine_landmarks=False, min_detection_confidence=self.min_detection_confidence,
-            )
+        first = self._mesh is None
+        with quiet_native_stderr(first):  # the graph's C++ start-up log lines
+            if first:
+                self._mesh = self._solutions()[1].FaceMesh(
+                    static_image_mode=self.static_image_mode, max_num_faces=self.max_num_faces,
+                    refine_landmarks=False, min_detection_confidence=self.min_detection_confidence,
+                )
+            result = self._mesh.process(image)
         h, w = image.shape[:2]
-        faces = self._mesh.process(image).multi_face_landmarks or []
+        faces = result.multi_face_landmarks or []
         return [np.array([(p.x * w, p.y * h) for p in f.landmark], dtype=np.float64) for f in faces]
 
     def _meshes_from_detections(self, frame: np.ndarray) -> list[np.ndarray]:
-        if self._detector is None:
-            self._detector = self._solutions()[0].FaceDetection(
-                model_selection=1, min_detection_confidence=self.min_detection_confidence)
+        first = self._detector is None
+        with quiet_native_stderr(first):
+            if first:
+                self._detector = self._solutions()[0].FaceDetection(
+                    model_selection=1, min_detection_confidence=self.min_detection_confidence)
+            result = self._detector.process(frame)
         h, w = frame.shape[:2]
-        dets = sorted(self._detector.process(frame).detections or [], key=lambda d: -d.score[0])
+        dets = sorted(result.detections or [], key=lambda d: -d.score[0])
         out = []
         for det in dets[: self.max_num_faces]:
             box = det.location_data.relative_bounding_box

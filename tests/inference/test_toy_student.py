@@ -32,3 +32,18 @@ def test_demo_defaults_to_the_toy_student(tmp_path, capsys):
     n, size, seconds = probe(out)
     assert n == int(-(-audio_s * 25 // 1)) and size == (256, 256) and abs(seconds - audio_s) <= 1024 / 48000 + 1e-3
     assert "real-time factor" in capsys.readouterr().out
+
+
+def test_a_good_run_prints_no_third_party_log_lines(tmp_path):
+    """mediapipe / TensorFlow Lite write start-up lines from C++ to fd 2; a good run shows none of them."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-m", "scripts.cli", "demo", "--seconds", "0.5", "--out",
+                          str(tmp_path / "d.mp4")], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    for marker in ("W0000", "I0000", "TensorFlow Lite", "absl::InitializeLog", "feedback"):
+        assert marker not in res.stderr, res.stderr[-2000:]
