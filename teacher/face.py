@@ -241,15 +241,29 @@ def _feather(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def align_video(frames: Iterable[np.ndarray], aligner: FaceAligner) -> list[AlignedFace | None]:
     """Align every frame with the translation EMA carried across frames. A frame without a face
-    gives None (logged) and leaves the EMA state as it was."""
+    gives None and leaves the EMA state as it was; one warning at the end counts them (not one per frame)."""
     out: list[AlignedFace | None] = []
     state = None
-    for i, frame in enumerate(frames):
+    for frame in frames:
         face, state = aligner.align_step(frame, state)
-        if face is None:
-            log.warning("align_video: no face in frame %d, passed through", i)
         out.append(face)
+    faceless = [i for i, a in enumerate(out) if a is None]
+    if faceless:
+        log.warning("no face in %d of %d frames (%s): passed through unedited", len(faceless), len(out),
+                    _ranges(faceless))  # fmt: skip
     return out
+
+
+def _ranges(indices: list[int], most: int = 4) -> str:
+    """'3-7, 12, 20-21' for sorted frame indices (the first ``most`` runs, then '...')."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:most])
+    return text + (", ..." if len(runs) > most else "")
 
 
 # Lower-face mask. LatentSync multiplies the aligned crop by a fixed binary mask.png (white =

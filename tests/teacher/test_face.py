@@ -312,3 +312,21 @@ def test_load_mask_image_like_official(tmp_path):
     assert m[100, 256] == 1.0 and m[400, 256] == 0.0
     with pytest.raises(FileNotFoundError):
         load_mask_image(tmp_path / "nope.png", 512)
+
+
+def test_align_video_warns_once_for_faceless_frames(caplog):
+    """Faceless frames are counted in one warning line, not one line per frame."""
+    import logging
+
+    from teacher.face import FaceAligner, align_video
+
+    class Nobody:
+        def __call__(self, frame):
+            return None
+
+    frames = [np.zeros((32, 32, 3), np.uint8)] * 7
+    with caplog.at_level(logging.WARNING):
+        out = align_video(frames, FaceAligner(resolution=32, landmarker=Nobody()))
+    assert out == [None] * 7
+    lines = [r.getMessage() for r in caplog.records if "no face" in r.getMessage()]
+    assert lines == ["no face in 7 of 7 frames (0-6): passed through unedited"]
