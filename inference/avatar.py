@@ -87,6 +87,10 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _name(source) -> str:
+    return "the frames" if isinstance(source, np.ndarray) else str(source)
+
+
 def _source_hash(source, frames: np.ndarray) -> str:
     if isinstance(source, np.ndarray):
         return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
@@ -148,7 +152,10 @@ def prepare_avatar(
     aligned = align_video(tqdm(frames, desc="align", unit="frame", disable=not progress), aligner)
     has_face = np.array([a is not None for a in aligned])
     if not has_face.any():
-        raise AvatarError(f"{source}: no face found in any of its {len(frames)} frames")
+        from teacher.face import too_small_message
+
+        why = too_small_message(aligner) if aligner.too_small else "no face found"
+        raise AvatarError(f"{_name(source)}: {why} in any of its {len(frames)} frames")
     crops = np.zeros((len(frames), res, res, 3), np.uint8)
     matrices = np.full((len(frames), 2, 3), np.nan)
     for i, a in enumerate(aligned):

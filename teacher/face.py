@@ -151,6 +151,7 @@ class FaceAligner:
         self.landmarker = landmarker if landmarker is not None else MediaPipeLandmarker()
         self.smooth, self.round_anchors, self.exact_resampling = smooth, round_anchors, exact_resampling
         self.template, self.face_size = face_template(resolution)
+        self.too_small: tuple[float, float] | None = None  # set by align_video
 
     def align(self, frame: np.ndarray) -> AlignedFace | None:
         """RGB uint8 [H, W, 3] -> AlignedFace, or None when no face is found."""
@@ -241,17 +242,30 @@ def _feather(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def align_video(frames: Iterable[np.ndarray], aligner: FaceAligner) -> list[AlignedFace | None]:
     """Align every frame with the translation EMA carried across frames. A frame without a face
-    gives None and leaves the EMA state as it was; one warning at the end counts them (not one per frame)."""
+    gives None and leaves the EMA state as it was; one warning at the end counts them (not one per frame) when
+    some frames do have a face. ``aligner.too_small`` is left at the largest face found but under the minimum box."""
     out: list[AlignedFace | None] = []
     state = None
+    small = None  # the largest face the landmarker found but rejected as too small
     for frame in frames:
         face, state = aligner.align_step(frame, state)
+        seen = getattr(aligner.landmarker, "too_small", None) if face is None else None
+        if seen is not None and (small is None or seen[0] * seen[1] > small[0] * small[1]):
+            small = seen
         out.append(face)
+    aligner.too_small = small
     faceless = [i for i, a in enumerate(out) if a is None]
-    if faceless:
-        log.warning("no face in %d of %d frames (%s): passed through unedited", len(faceless), len(out),
-                    _ranges(faceless))  # fmt: skip
+    if faceless and len(faceless) < len(out):  # none at all: the caller says so (its error or summary)
+        log.warning("no face in %d of %d frames (%s): passed through unedited%s", len(faceless), len(out),
+                    _ranges(faceless), "; " + too_small_message(aligner) if small else "")  # fmt: skip
     return out
+
+
+def too_small_message(aligner) -> str:
+    """'face too small (W x H px, minimum 50 x 80 px)' after ``align_video`` saw only faces under the minimum box."""
+    w, h = aligner.too_small
+    mw, mh = getattr(aligner.landmarker, "min_box_size", (50, 80))
+    return f"face too small ({w:.0f} x {h:.0f} px, minimum {mw:.0f} x {mh:.0f} px)"
 
 
 def _ranges(indices: list[int], most: int = 4) -> str:

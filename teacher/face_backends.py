@@ -64,8 +64,9 @@ class BackendUnavailableError(RuntimeError):
 def quiet_native_stderr(active: bool = True):
     """Send file descriptor 2 to /dev/null while ``active``: mediapipe and TensorFlow Lite write their start-up
     log lines (absl / glog, "W0000 ... feedback manager", "Created TensorFlow Lite XNNPACK delegate") from C++
-    straight to fd 2, which no Python logging setting reaches. Used only around a graph's creation and first
-    frame; Python exceptions still propagate (and print after the descriptor is restored)."""
+    straight to fd 2, which no Python logging setting reaches. Used around the graphs' creation and ``process``
+    calls (two dup2 calls, microseconds); Python exceptions still propagate (and print after the descriptor is
+    restored)."""
     if not active:
         yield
         return
@@ -142,6 +143,7 @@ class MediaPipeLandmarker:
         self.detector_fallback = detector_fallback
         self.static_image_mode = static_image_mode
         self._mesh = self._detector = None
+        self.too_small: tuple[float, float] | None = None
 
     def _solutions(self):
         try:
@@ -152,7 +154,7 @@ class MediaPipeLandmarker:
 
     def _meshes(self, image: np.ndarray) -> list[np.ndarray]:
         first = self._mesh is None
-        with quiet_native_stderr(first):  # the graph's C++ start-up log lines
+        with quiet_native_stderr():  # the graph's C++ log lines (start-up, and once-per-condition warnings)
             if first:
                 self._mesh = self._solutions()[1].FaceMesh(
                     static_image_mode=self.static_image_mode, max_num_faces=self.max_num_faces,
@@ -165,7 +167,7 @@ class MediaPipeLandmarker:
 
     def _meshes_from_detections(self, frame: np.ndarray) -> list[np.ndarray]:
         first = self._detector is None
-        with quiet_native_stderr(first):
+        with quiet_native_stderr():
             if first:
                 self._detector = self._solutions()[0].FaceDetection(
                     model_selection=1, min_detection_confidence=self.min_detection_confidence)
@@ -200,10 +202,16 @@ class MediaPipeLandmarker:
         return meshes
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
+        """Anchors of the largest plausible face, or None. ``self.too_small`` is then the (w, h) in px of the
+        largest face found but rejected only for being under ``min_box_size`` (None if there was none)."""
         best, best_area = None, 0.0
+        self.too_small = None
         for pts in self.landmarks(frame):
             (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
             if not box_plausible((x1, y1, x2, y2), self.min_box_size):
+                w, h = float(x2 - x1), float(y2 - y1)
+                if 0.2 <= w / max(h, 1e-6) <= 1.5 and (self.too_small is None or w * h > np.prod(self.too_small)):
+                    self.too_small = (w, h)
                 continue
             anchors = anchors_from_landmarks(pts, MEDIAPIPE_ANCHOR_INDICES)
             area = (x2 - x1) * (y2 - y1)

@@ -83,13 +83,15 @@ class LipsyncResult:
     frames: np.ndarray  # [T, H, W, 3] uint8
     audio: np.ndarray  # float32, trimmed to the frames
     faceless: list[int] = field(default_factory=list)
+    note: str = ""  # why faces were missed, when known (e.g. "face too small (43 x 49 px, minimum 50 x 80 px)")
     seconds: dict[str, float] = field(default_factory=dict)
     out_path: Path | None = None
 
     def summary(self) -> str:
         t = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
         where = f" -> {self.out_path}" if self.out_path else ""
-        return f"{len(self.frames)} frames, {len(self.faceless)} without a face passed through ({t}){where}"
+        note = f" [{self.note}]" if self.note else ""
+        return f"{len(self.frames)} frames, {len(self.faceless)} without a face passed through{note} ({t}){where}"
 
 
 def lipsync(
@@ -107,7 +109,7 @@ def lipsync(
         paste_faces,
         pixels_to_uint8,
     )
-    from teacher.face import align_video
+    from teacher.face import align_video, too_small_message
     from teacher.sampler import repeated_noise, sample_ddim
 
     times: dict[str, float] = {}
@@ -160,6 +162,7 @@ def lipsync(
         frames=out,
         audio=np.asarray(audio, dtype=np.float32)[: n * SAMPLES_PER_FRAME],
         faceless=[i for i, a in enumerate(aligned) if a is None],
+        note=too_small_message(parts.aligner) if parts.aligner.too_small else "",
         seconds=times,
     )
 

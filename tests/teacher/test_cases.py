@@ -153,3 +153,23 @@ def test_prepare_unusable_source_exits_2_with_one_line(tmp_path, capfd):
     (tmp_path / "a_file.mp4").write_bytes(b"")
     assert main(["prepare", str(tmp_path / "a_file.mp4"), str(out)]) == 2
     assert "a_file.mp4: not a folder" in one_error_line(capfd) and not out.exists()
+
+
+# ------------------------------------------------------------------ c15: a face under the minimum box
+C15 = CASES / "c15_tiny_face45px_640x360_3s.mp4"
+
+
+def test_c15_small_face_is_named_not_called_missing(tmp_path, capfd):
+    """The 45 px face is found but under LatentSync's 50 x 80 px box: the teacher's summary and the avatar's
+    error say "face too small (W x H px, minimum 50 x 80 px)" instead of "no face", in one line each."""
+    src = case(C15)
+    out = tmp_path / "c15.mp4"
+    assert main(["teacher-demo", "--config", "teacher/tiny", "--steps", "1", "--video", str(src),
+                 "--out", str(out)]) == 0  # fmt: skip
+    captured = capfd.readouterr()
+    assert "face too small" in captured.out and "minimum 50 x 80 px" in captured.out
+    assert captured.err.count("no face") == 0  # no per-frame warnings, nothing from mediapipe's C++ side
+    assert "W0000" not in captured.err
+    assert main(["avatar", "prepare", str(src), str(tmp_path / "av")]) == 2
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "face too small" in err[0] and str(C15.name) in err[0]
