@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.avatar import pingpong, prepare_avatar
-from inference.engine import FRAME_SECONDS, decode, denoise, flush, paste, start, step, window
+from inference.avatar import prepare_avatar
+from inference.engine import FRAME_SECONDS, decode, denoise, flush, paste, start, step, window, window_frames
 from inference.run import load_engine_config, load_student
 
 PIECE = 320  # 20 ms at 16 kHz
@@ -98,9 +98,7 @@ def isolated(bundle, avatar, audio, cfg, decoder, frames: list[np.ndarray], out_
     n = len(state.feats)
     out["unet"] = out["decode"] = out["paste"] = 0.0
     for a in range(0, n, cfg.chunk):
-        k = min(cfg.context, a)
-        idx = np.arange(a - k, min(a + cfg.chunk, n))
-        src = pingpong(idx, avatar.num_frames)
+        idx, src, k = window_frames(a, min(cfg.chunk, n - a), cfg.context, avatar.num_frames)
         t = time.perf_counter()
         x0 = denoise(state, window(state, idx, src, k))[:, :, k:]
         out["unet"] += time.perf_counter() - t

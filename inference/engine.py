@@ -185,9 +185,7 @@ def _generate(state: EngineState, n: int, final: bool = False) -> list[np.ndarra
     window are cross-faded with this window's prediction of them before they leave."""
     cfg, av = state.cfg, state.avatar
     a = state.next_frame
-    k = min(cfg.context, a)
-    idx = np.arange(a - k, a + n)
-    src = pingpong(idx, av.num_frames)
+    idx, src, k = window_frames(a, n, cfg.context, av.num_frames)
     t_chunk = time.perf_counter()
     level = LEVELS[state.level] if cfg.degrade and state.clock is not None else "full"
     if level == "pass_through":
@@ -198,6 +196,14 @@ def _generate(state: EngineState, n: int, final: bool = False) -> list[np.ndarra
         out = _run_window(state, idx, src, k, level, hold=0 if final or not cfg.blend else cfg.context)
     _advance(state, a + n, level, len(out), time.perf_counter() - t_chunk)
     return out
+
+
+def window_frames(a: int, n: int, context: int, num_avatar_frames: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The window of the chunk that generates frames [a, a + n): (stream frame indices [k + n], avatar frames
+    (ping-pong) [k + n], k = the number of context frames before a, at most ``context``)."""
+    k = min(context, a)
+    idx = np.arange(a - k, a + n)
+    return idx, pingpong(idx, num_avatar_frames), k
 
 
 def _held(state: EngineState) -> int:

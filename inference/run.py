@@ -48,7 +48,8 @@ def load_student(path: str | os.PathLike, device: str = "cpu"):
 
 
 def read_audio_16k(path: str | os.PathLike) -> np.ndarray:
-    """Mono float32 at 16 kHz; InputError for a missing file, no samples or non-finite samples."""
+    """Mono float32 at 16 kHz; InputError for a missing file, no samples or non-finite samples (the last two
+    checked by ``teacher.media.read_audio``, whose MediaError is passed on with its message)."""
     from teacher.media import MediaError, read_audio
 
     if not Path(path).is_file():
@@ -59,8 +60,6 @@ def read_audio_16k(path: str | os.PathLike) -> np.ndarray:
         raise InputError(str(err)) from None
     if audio.size == 0:
         raise InputError(f"{path}: the audio has no samples")
-    if not np.isfinite(audio).all():
-        raise InputError(f"{path}: the audio has NaN or infinite samples")
     return audio
 
 
