@@ -56,8 +56,14 @@ TOY_STUDENT = Path(__file__).resolve().parent.parent / "assets" / "toy_student"
 USER_ERRORS = (ValueError, KeyError, TypeError, OSError)  # an unusable input or option: one line, exit 2
 
 
+_SIGNALLED: list[int] = []  # SIGTERM received: whatever error follows is the termination, not a bad input
+
+
 def _fail(message: str | BaseException) -> int:
-    """One clear line on stderr and exit code 2 (an unusable input)."""
+    """One clear line on stderr and exit code 2 (an unusable input); 128 + signal after a SIGTERM."""
+    if _SIGNALLED:
+        print("terminated", file=sys.stderr)
+        return 128 + _SIGNALLED[0]
     if isinstance(message, KeyError) and message.args:
         message = message.args[0]  # not the quoted repr
     print(f"error: {message}", file=sys.stderr)
@@ -351,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminated(signum, frame):
+    _SIGNALLED.append(signum)
     raise SystemExit(128 + signum)  # unwinds through the writers and temporary folders, which clean up
 
 
@@ -366,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        # A signal that lands inside a library (mid-import, mid-decode) can come out as that library's own error
+        # (mediapipe turns an interrupted import into ImportError); the run was still terminated, not broken.
+        if _SIGNALLED:
+            print("terminated", file=sys.stderr)
+            return 128 + _SIGNALLED[0]
+        raise
 
 
 if __name__ == "__main__":

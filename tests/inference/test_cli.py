@@ -197,3 +197,28 @@ def test_terminated_run_leaves_nothing_behind(files, tmp_path):
     if proc.returncode == 143:
         assert not out.exists() and "Traceback" not in err
     assert not list(tmp.iterdir()) and not list(tmp_path.glob(".killed*"))
+
+
+
+def test_a_signal_that_comes_out_as_a_library_error_is_still_a_termination(monkeypatch, capsys):
+    """CI saw SIGTERM land inside mediapipe's import, which turned our SystemExit into an ImportError: exit 1 and a
+    traceback. Whatever error follows the signal (a crash, or what would be a bad-input line) exits 143, one line."""
+    import signal
+
+    import scripts.cli as cli
+
+    def demo(args):
+        with pytest.raises(SystemExit):
+            cli._terminated(signal.SIGTERM, None)
+        raise ImportError("mediapipe half imported")
+
+    monkeypatch.setattr(cli, "_SIGNALLED", [])
+    monkeypatch.setattr(cli, "_demo", demo)
+    assert main(["demo"]) == 143
+    assert capsys.readouterr().err.strip() == "terminated"
+    assert cli._fail(ValueError("a decoder cut short")) == 143  # the user-error path says the same
+    assert capsys.readouterr().err.strip() == "terminated"
+    monkeypatch.setattr(cli, "_SIGNALLED", [])
+    monkeypatch.setattr(cli, "_demo", lambda args: (_ for _ in ()).throw(ImportError("a real crash")))
+    with pytest.raises(ImportError):  # without a signal, a crash stays a crash
+        main(["demo"])
