@@ -1,1 +1,3 @@
 """losses package."""
+
+from losses.syncnet import StableSyncNet, SyncNetCheckpointError, load_syncnet  # noqa: F401
