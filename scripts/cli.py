@@ -151,6 +151,16 @@ def _bench_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream(args: argparse.Namespace) -> int:
+    from inference.live_cli import stream_command
+    from inference.run import InputError
+
+    try:
+        return stream_command(args, _engine_options(args), _fail)
+    except (InputError, *USER_ERRORS) as err:
+        return _fail(err)
+
+
 def _synth(args: argparse.Namespace) -> int:
     from distill.synthworld import synth_dataset
 
@@ -296,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(p)
     p.add_argument("overrides", nargs="*", help="engine (or --teacher) config overrides key=value")
     p.set_defaults(func=_lipsync)
+
+    from inference.live_cli import add_stream_parser
+
+    add_stream_parser(sub, _add_engine_options, str(TOY_STUDENT))
+    sub.choices["stream"].set_defaults(func=_stream)
 
     p = sub.add_parser("avatar", help="avatars for the engine")
     avatar_sub = _with_defaults_shown(p.add_subparsers(dest="avatar_command", required=True))

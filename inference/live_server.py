@@ -1,0 +1,345 @@
+"""The live preview: an aiohttp server with one engine process per session and the page in ``inference/static``.
+
+    turbosync stream --student DIR (--video V | --avatar DIR) (--audio FILE | --mic) --serve [--port P]
+
+Protocol (one websocket per session at ``/ws``; the page is ``/``):
+
+    client -> server   text  {"type": "hello", "sample_rate": 16000}      first, within 10 s
+                       bytes AUDIO_HEADER + int16 PCM at 16 kHz            (--mic sessions only)
+                       text  {"type": "mic", "on": true | false}          informational
+    server -> client   text  {"type": "ready", "session", "fps", "latency", "sample_rate", "source"}
+                       bytes FRAME_HEADER + 640 int16 samples + JPEG      one per frame, 25 a second
+                       text  {"type": "stats", ...}                       once a second
+
+Nothing a client sends names a file or a model: the student, the avatar and the audio file are fixed when
+the server starts. A malformed message (random bytes, a bad hello, audio that is not 16 kHz 16-bit PCM or
+arrives faster than real time), one over ``max_message`` bytes, or a client that leaves, ends that session
+only, with a close code and a reason; the engine process goes back to the pool. The server binds
+127.0.0.1 unless told otherwise. Pacing and A/V alignment: ``inference.live``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from inference.live import (
+    SAMPLES_PER_FRAME,
+    InputClock,
+    encode_jpeg,
+    frame_due,
+    pack_frame,
+    unpack_audio,
+)
+from inference.live_worker import Worker, WorkerSpec
+from inference.run import SAMPLE_RATE, InputError
+
+STATIC = Path(__file__).resolve().parent / "static"
+TICK = 0.01  # pacing loop period (s)
+
+
+@dataclass
+class ServeConfig:
+    """Server settings. ``audio``: the file source (float32 16 kHz) or None for the page's microphone."""
+
+    spec: WorkerSpec
+    latency: float
+    audio: np.ndarray | None = None
+    host: str = "127.0.0.1"
+    port: int = 8765
+    sessions: int = 2
+    jitter: float = 0.1
+    max_message: int = 1 << 16
+    out: Path | None = None
+
+
+class Pool:
+    """Engine workers, loaded once; a session borrows one and gives it back."""
+
+    def __init__(self, spec: WorkerSpec, size: int):
+        self.spec = spec
+        self.workers = [Worker(spec) for _ in range(size)]
+        self.free: list[Worker] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for w in self.workers:
+            await loop.run_in_executor(None, w.wait_ready)
+        self.free = list(self.workers)
+
+    def replace(self, broken: Worker) -> None:
+        """A worker that did not answer is killed; a fresh one joins the pool once loaded."""
+        broken.close()
+        fresh = Worker(self.spec)
+        self.workers[self.workers.index(broken)] = fresh
+
+        async def join():
+            await asyncio.get_running_loop().run_in_executor(None, fresh.wait_ready)
+            self.free.append(fresh)
+
+        asyncio.ensure_future(join())
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+
+class SessionClosed(Exception):
+    """Ends a session; ``code`` and ``reason`` go to the client in the close frame."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class Session:
+    """One client: input clock -> engine worker -> output clock -> websocket."""
+
+    def __init__(self, sid: int, ws: web.WebSocketResponse, worker: Worker, cfg: ServeConfig, avatar_frames):
+        self.sid, self.ws, self.worker, self.cfg = sid, ws, worker, cfg
+        self.avatar_frames = avatar_frames
+        self.t0 = time.perf_counter()
+        self.clock = InputClock(self.t0, jitter=cfg.jitter)
+        self.ready: dict[int, tuple[bytes, str]] = {}
+        self.out_audio = np.zeros(0, np.float32)  # fed audio from sample out_base on
+        self.out_base = 0
+        self.to_send = np.zeros(0, np.float32)  # fed to the clock, not yet sent to the worker
+        self.pending = False
+        self.next_out = 0
+        self.sent_log: list[tuple[float, str]] = []
+        self.file_pos = 0
+        self.ended = asyncio.get_running_loop().create_future()
+
+    # worker side ------------------------------------------------------------------------------------------
+    def on_worker(self) -> None:
+        try:
+            while self.worker.conn.poll():
+                msg = self.worker.conn.recv()
+                if msg[0] == "frames":
+                    _, first, level, jpegs = msg
+                    for j, jpeg in enumerate(jpegs):
+                        if first + j >= self.next_out:  # a frame that missed its time is not sent late
+                            self.ready[first + j] = (jpeg, level)
+                    self.pending = False
+                elif msg[0] == "ended":
+                    self.pending = False
+                    if not self.ended.done():
+                        self.ended.set_result(msg[1])
+        except (EOFError, OSError):
+            self.pending = False
+            if not self.ended.done():
+                self.ended.set_exception(RuntimeError("engine worker died"))
+
+    def _feed(self, now: float) -> None:
+        if self.cfg.audio is not None:  # file source: the file arrives at the clock's pace, then silence
+            upto = min(self.clock.due(now), len(self.cfg.audio))
+            if upto > self.file_pos:
+                self.clock.push(self.cfg.audio[self.file_pos : upto], now)
+                self.file_pos = upto
+        piece = self.clock.take(now)
+        if len(piece):
+            self.to_send = np.concatenate([self.to_send, piece])
+            self.out_audio = np.concatenate([self.out_audio, piece])
+        if len(self.to_send) and not self.pending:
+            self.worker.conn.send(("audio", self.to_send))
+            self.to_send = np.zeros(0, np.float32)
+            self.pending = True
+
+    # output side ------------------------------------------------------------------------------------------
+    def _passthrough(self, i: int) -> bytes:
+        from inference.avatar import pingpong
+
+        return encode_jpeg(np.asarray(self.avatar_frames[int(pingpong(i, len(self.avatar_frames)))]))
+
+    async def _emit(self, now: float) -> None:
+        while now >= frame_due(self.t0, self.cfg.latency, self.next_out):
+            i = self.next_out
+            a0 = i * SAMPLES_PER_FRAME - self.out_base
+            audio = self.out_audio[a0 : a0 + SAMPLES_PER_FRAME]
+            if len(audio) < SAMPLES_PER_FRAME:
+                audio = np.pad(audio, (0, SAMPLES_PER_FRAME - len(audio)))
+            jpeg, level = self.ready.pop(i, (None, "late"))
+            if jpeg is None:
+                jpeg = self._passthrough(i)
+            await self.ws.send_bytes(pack_frame(i, level, audio, jpeg, time.time()))
+            self.sent_log.append((now, level))
+            self.next_out += 1
+            drop = self.next_out * SAMPLES_PER_FRAME - self.out_base
+            if drop > 0:
+                self.out_audio, self.out_base = self.out_audio[drop:], self.out_base + drop
+
+    def _stats(self, now: float) -> dict:
+        recent = [lv for t, lv in self.sent_log if t > now - 1.0]
+        self.sent_log = [x for x in self.sent_log if x[0] > now - 1.0]
+        levels = {lv: recent.count(lv) for lv in set(recent)}
+        behind = any(lv != "full" for lv in recent)
+        c = self.clock
+        return {"type": "stats", "fps": len(recent), "levels": levels, "behind": behind,
+                "latency_ms": round(1000 * self.cfg.latency), "padded_s": round(c.padded / SAMPLE_RATE, 2),
+                "dropped_s": round(c.dropped / SAMPLE_RATE, 2), "frames": self.next_out}  # fmt: skip
+
+    async def pace(self) -> None:
+        """The session's clock: feed the engine, send due frames, stats every second."""
+        next_stats = self.t0 + 1.0
+        while True:
+            now = time.perf_counter()
+            self._feed(now)
+            await self._emit(now)
+            if now >= next_stats:
+                await self.ws.send_str(json.dumps(self._stats(now)))
+                next_stats += 1.0
+            await asyncio.sleep(max(0.0, min(TICK, frame_due(self.t0, self.cfg.latency, self.next_out) - now)))
+
+    # client side ------------------------------------------------------------------------------------------
+    async def receive(self) -> None:
+        """Client messages until it leaves; SessionClosed for anything malformed."""
+        async for msg in self.ws:
+            if msg.type == WSMsgType.BINARY:
+                if self.cfg.audio is not None:
+                    raise SessionClosed(1008, "this server streams a file: it takes no audio")
+                try:
+                    self.clock.push(unpack_audio(msg.data), time.perf_counter())
+                except InputError as err:
+                    raise SessionClosed(1003, str(err)) from None
+            elif msg.type == WSMsgType.TEXT:
+                data = _json(msg.data)
+                if data.get("type") not in ("mic", "ping"):
+                    raise SessionClosed(1008, f"unknown message type {str(data.get('type'))[:40]!r}")
+            else:
+                break
+        if self.ws.close_code == 1009 or isinstance(self.ws.exception(), Exception):
+            raise SessionClosed(self.ws.close_code or 1002, str(self.ws.exception() or "message too big"))
+
+
+def _json(text: str) -> dict:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise SessionClosed(1007, "not JSON") from None
+    if not isinstance(data, dict):
+        raise SessionClosed(1007, "a message must be a JSON object")
+    return data
+
+
+async def _hello(ws: web.WebSocketResponse) -> None:
+    msg = await ws.receive(timeout=10.0)
+    if msg.type != WSMsgType.TEXT:
+        raise SessionClosed(1008, "the first message must be the JSON hello")
+    data = _json(msg.data)
+    if data.get("type") != "hello":
+        raise SessionClosed(1008, "the first message must be the JSON hello")
+    if data.get("sample_rate") != SAMPLE_RATE:
+        raise SessionClosed(1003, f"audio must be {SAMPLE_RATE} Hz mono 16-bit PCM, got sample_rate "
+                                  f"{str(data.get('sample_rate'))[:20]}")  # fmt: skip
+
+
+class LiveApp:
+    """The aiohttp application: the page, the websocket, the pool."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.pool = Pool(cfg.spec, cfg.sessions)
+        self.avatar_frames = np.load(Path(cfg.spec.avatar) / "frames.npy", mmap_mode="r")
+        self.next_sid = 1
+        self.closed: list[tuple[int, int, str]] = []  # (session, code, reason), for the log and the tests
+        self.app = web.Application()
+        self.app.router.add_get("/", self.index)
+        self.app.router.add_get("/ws", self.websocket)
+        self.app.router.add_static("/static/", STATIC)
+
+    async def index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message, heartbeat=None)
+        await ws.prepare(request)
+        sid, self.next_sid = self.next_sid, self.next_sid + 1
+        worker = None
+        code, reason = 1000, "client left"
+        try:
+            await _hello(ws)
+            if not self.pool.free:
+                raise SessionClosed(1013, f"all {self.cfg.sessions} engine workers are busy: try again later")
+            worker = self.pool.free.pop(0)
+            await self._run(sid, ws, worker)
+        except SessionClosed as err:
+            code, reason = err.code, err.reason
+        except TimeoutError:
+            code, reason = 1008, "no hello within 10 s"
+        except (ConnectionError, RuntimeError) as err:
+            code, reason = 1011, f"connection lost: {err}"
+        except Exception as err:  # noqa: BLE001 - a bug ends this session only, and is logged
+            import traceback
+
+            traceback.print_exc()
+            code, reason = 1011, f"server error: {type(err).__name__}"
+        self.closed.append((sid, code, reason))
+        print(f"session {sid} closed ({code}): {reason}", file=sys.stderr, flush=True)
+        if not ws.closed:
+            await ws.close(code=code, message=reason.encode()[:120])
+        return ws
+
+    async def _run(self, sid: int, ws: web.WebSocketResponse, worker: Worker) -> None:
+        loop = asyncio.get_running_loop()
+        out = None
+        if self.cfg.out is not None:
+            out = str(self.cfg.out.with_name(f"{self.cfg.out.stem}-{sid}{self.cfg.out.suffix}"))
+        session = Session(sid, ws, worker, self.cfg, self.avatar_frames)
+        loop.add_reader(worker.conn.fileno(), session.on_worker)
+        worker.conn.send(("start", out))
+        await ws.send_str(json.dumps({"type": "ready", "session": sid, "fps": 25, "sample_rate": SAMPLE_RATE,
+                                      "latency": self.cfg.latency,
+                                      "source": "file" if self.cfg.audio is not None else "mic"}))  # fmt: skip
+        tasks = [asyncio.ensure_future(session.pace()), asyncio.ensure_future(session.receive())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()  # re-raises SessionClosed
+        finally:
+            for t in tasks:
+                t.cancel()
+            await self._release(session, out is not None)
+            loop.remove_reader(worker.conn.fileno())
+
+    async def _release(self, session: Session, flush: bool) -> None:
+        """Finish the worker's session (flush and write the mp4 when recording) and give the worker back."""
+        worker = session.worker
+        deadline = time.perf_counter() + 30.0
+        while session.pending and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        try:
+            if session.pending:
+                raise TimeoutError
+            worker.conn.send(("end",) if flush else ("abort",))
+            if flush:
+                session.pending = True
+                await asyncio.wait_for(session.ended, 60.0)
+            self.pool.free.append(worker)
+        except (TimeoutError, OSError, RuntimeError):
+            self.pool.replace(worker)
+
+
+async def serve(cfg: ServeConfig, started=None) -> None:
+    """Run the server until cancelled; ``started(url)`` is called once the workers are loaded and it listens."""
+    live = LiveApp(cfg)
+    await live.pool.start()
+    runner = web.AppRunner(live.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # the real port when cfg.port is 0
+    url = f"http://{cfg.host}:{port}/"
+    if started is not None:
+        started(url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        live.pool.close()

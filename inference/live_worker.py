@@ -1,0 +1,163 @@
+"""One engine in its own process, for one live session at a time (``inference.live_server``'s pool).
+
+A separate process per session keeps one session's U-Net call from holding the others' Python (the GIL
+complaint of the anchors, DESIGN section 5). The serving process and a worker talk over a
+``multiprocessing`` pipe:
+
+    serving process -> worker                        worker -> serving process
+    ("start", out_path | None)                       ("ready", {"frames": T})         once, after loading
+    ("audio", float32 [n])   one at a time           ("frames", first, level, [jpeg])  one per "audio"
+    ("end",)                                          ("ended", stats)                  after the flush
+    ("abort",)  the session ends unflushed            ("error", message)                and the worker exits
+    ("quit",)   the worker exits
+
+Each "audio" is answered by exactly one "frames" (possibly empty), so the serving process never has more
+than one message in flight and never blocks on a full pipe. ``out_path``: the session's frames are also
+written there with the same ``VideoWriter`` as ``turbosync lipsync`` (audio = what the engine was fed).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker loads: the student, a prepared avatar folder, the engine preset and options."""
+
+    student: str
+    avatar: str
+    preset: str = "engine/toy"
+    overrides: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    tiny_decoder: str | None = None
+    threads: int = 1
+
+
+def worker_main(conn, spec: WorkerSpec) -> None:
+    """The worker process: load once, then serve sessions until "quit" or the pipe closes."""
+    os.environ["OMP_NUM_THREADS"] = str(spec.threads)
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    try:
+        engine = _load(spec)
+    except Exception as err:  # noqa: BLE001 - reported to the serving process, which names it
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", {"frames": engine[1].num_frames}))
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "quit":
+                return
+            if msg[0] == "start" and _session(conn, engine, msg[1]) == "quit":
+                return
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+
+
+def _load(spec: WorkerSpec):
+    from inference.avatar import load_avatar
+    from inference.run import _tiny_decoder, decoder_fallback, load_engine_config, load_student
+
+    bundle = load_student(spec.student)
+    decoder = _tiny_decoder(spec.tiny_decoder, bundle)
+    cfg = load_engine_config(spec.preset, list(spec.overrides), **spec.options)
+    if cfg.threads:  # the worker's thread count wins over the preset's
+        from dataclasses import replace
+
+        cfg = replace(cfg, threads=spec.threads)
+    engine = bundle, load_avatar(spec.avatar, bundle), decoder_fallback(cfg, decoder), decoder
+    _warm_up(engine)
+    return engine
+
+
+def _warm_up(engine) -> None:
+    """One chunk through every stage, so a session's first chunk does not pay for first-call set-up."""
+    from dataclasses import replace
+
+    from inference.engine import flush, start, step
+
+    bundle, av, cfg, decoder = engine
+    state = start(av, bundle, replace(cfg, degrade=False), tiny_decoder=decoder)
+    _, state = step(state, np.zeros(cfg.chunk * 640, np.float32))
+    flush(state)
+
+
+def _session(conn, engine, out_path: str | None) -> str:
+    """One stream: audio in, JPEG frames out, until "end" (flush), "abort" (no flush, no mp4) or "quit"."""
+    from inference.engine import LEVELS, flush, start, step
+    from inference.live import encode_jpeg
+    from teacher.media import VideoWriter
+
+    bundle, av, cfg, decoder = engine
+    state = start(av, bundle, cfg, tiny_decoder=decoder, clock=time.perf_counter)
+    writer = VideoWriter(out_path, 25, sample_rate=16000) if out_path else None
+    n = 0
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "audio":
+                before = dict(state.stats["levels"])
+                frames, state = step(state, msg[1])
+            elif msg[0] == "end":
+                before = dict(state.stats["levels"])
+                frames, state = flush(state)
+            else:  # "abort" or "quit": leave without a flush
+                return msg[0]
+            level = next((k for k in reversed(LEVELS) if state.stats["levels"][k] > before[k]), "full")
+            if writer is not None:
+                if msg[0] == "audio":
+                    writer.write_audio(np.asarray(msg[1], np.float32))
+                for f in frames:
+                    writer.write(f)
+            conn.send(("frames", n, level, [encode_jpeg(f) for f in frames]))
+            n += len(frames)
+            if msg[0] == "end":
+                if writer is not None:
+                    writer.close()
+                    writer = None
+                conn.send(("ended", {k: v for k, v in state.stats.items()}))
+                return "end"
+    finally:
+        if writer is not None:
+            writer.abort()
+
+
+class Worker:
+    """A worker process seen from the serving process (``spawn``: no forked torch state)."""
+
+    def __init__(self, spec: WorkerSpec):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child, spec), daemon=True)
+        self.process.start()
+        child.close()
+        self.info: dict[str, Any] | None = None
+
+    def wait_ready(self, timeout: float = 300.0) -> dict[str, Any]:
+        if not self.conn.poll(timeout):
+            raise RuntimeError("the engine worker did not start in time")
+        msg = self.conn.recv()
+        if msg[0] != "ready":
+            raise RuntimeError(f"the engine worker failed to start: {msg[1]}")
+        self.info = msg[1]
+        return self.info
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("quit",))
+        except (OSError, EOFError, BrokenPipeError):
+            pass
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()
