@@ -1,3 +1,5 @@
 """losses package."""
 
+from losses.sync import SyncLoss, SyncScores, offset_distances, sync_bce, sync_scores  # noqa: F401
 from losses.syncnet import StableSyncNet, SyncNetCheckpointError, load_syncnet  # noqa: F401
+from losses.syncnet_v2 import SyncNetV2, load_syncnet_v2  # noqa: F401

@@ -1,0 +1,128 @@
+"""Sync loss (LatentSync's SyncNet supervision) and the classic SyncNet metrics (offset, LSE-D, LSE-C).
+
+Loss: LatentSync ``latentsync/utils/util.py`` ``cosine_loss`` (from Wav2Lip's expert
+discriminator), applied in stage 2 (``scripts/train_unet.py``) to the decoded prediction:
+
+    s_b   = cos(v_b, a_b)                 StableSyncNet embeddings, in [0, 1] (ReLU + L2 norm)
+    L_b   = BCE(s_b, y = 1) = -max(log s_b, -100)
+
+Metrics: joonson/syncnet_python ``SyncNetInstance.evaluate`` (``calc_pdist``), the LSE-D and
+LSE-C of the lip-sync literature (Wav2Lip, LatentSync tables):
+
+    d_j   = mean_t || v_t - a_{t + j - S} + 1e-6 ||_2,   j = 0 .. 2S  (a = 0 outside the clip, S = 15)
+    offset = S - argmin_j d_j,   LSE-D = min_j d_j,   LSE-C = median_j d_j - min_j d_j
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SyncLoss", "sync_bce", "SyncScores", "offset_distances", "sync_scores", "VSHIFT"]
+
+VSHIFT = 15  # the original evaluation's +-15 frame search (syncnet_python --vshift default)
+
+
+def sync_bce(vision_embeds: torch.Tensor, audio_embeds: torch.Tensor, y: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Binary cross-entropy of the cosine similarity against ``y`` (1 = in sync): ``[B, D], [B, D] -> [B]``.
+
+    ``s = cos(v, a)`` is clamped to [0, 1]: StableSyncNet's embeddings are non-negative, so this
+    changes nothing for them (LatentSync feeds ``s`` to ``nn.BCELoss`` unclamped, which rejects
+    values outside [0, 1]); ``nn.BCELoss``'s floor of -100 on each log is kept. Computed in float32.
+    """
+    if vision_embeds.shape != audio_embeds.shape or vision_embeds.dim() != 2:
+        raise ValueError(f"embeddings must both be [B, D], got {tuple(vision_embeds.shape)}, "
+                         f"{tuple(audio_embeds.shape)}")
+    s = F.cosine_similarity(vision_embeds.float(), audio_embeds.float(), dim=1).clamp(0.0, 1.0)
+    target = torch.as_tensor(y, dtype=s.dtype, device=s.device).expand_as(s)
+    return F.binary_cross_entropy(s, target, reduction="none")
+
+
+class SyncLoss:
+    """LatentSync's stage-2 sync loss on decoded frames: ``(frames, mel) -> [B]``.
+
+    Args:
+        syncnet: a ``StableSyncNet`` (``losses.load_syncnet``) whose frame count, face
+            resolution and mel window fit the data. It is frozen here (eval, no parameter
+            gradients); gradients still flow to ``frames``.
+        resolution: faces are resized (bicubic, as upstream) to ``resolution x resolution``
+            before the lower half is cut; ``None`` keeps their size (256 for the official net).
+        lower_half: give SyncNet only the lower half of each face (``data.lower_half``, true upstream).
+        gradient_checkpointing: recompute SyncNet's blocks in the backward pass (upstream: on).
+
+    Call:
+        frames: ``[B, 3, F, H, W]`` decoded pixels in [-1, 1] (VAE output layout).
+        mel: ``[B, 1, 80, T]`` SyncNet mel windows of the same frames (``losses.mel.mel_window``).
+    Returns ``[B]`` float32, ``-log cos(v, a)``.
+    """
+
+    def __init__(self, syncnet: nn.Module, resolution: int | None = None, lower_half: bool = True,
+                 gradient_checkpointing: bool = True):
+        self.syncnet = syncnet.eval().requires_grad_(False)
+        if hasattr(syncnet, "set_gradient_checkpointing"):
+            syncnet.set_gradient_checkpointing(gradient_checkpointing)
+        self.resolution = resolution
+        self.lower_half = lower_half
+
+    def images(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, F, H, W]`` -> SyncNet's visual input ``[B, 3F, H', W']`` (frame-major channels)."""
+        if frames.dim() != 5 or frames.shape[1] != 3:
+            raise ValueError(f"frames must be [B, 3, F, H, W], got {tuple(frames.shape)}")
+        b, c, f, h, w = frames.shape
+        x = frames.transpose(1, 2).reshape(b * f, c, h, w)                      # (b f) c h w
+        if self.resolution is not None and (h, w) != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic")
+        x = x.reshape(b, f * c, *x.shape[-2:])                                   # b (f c) h w
+        return x[:, :, x.shape[2] // 2:] if self.lower_half else x
+
+    def __call__(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        param = next(self.syncnet.parameters())
+        images = self.images(frames).to(param.dtype)
+        v, a = self.syncnet(images, mel.to(device=param.device, dtype=param.dtype))
+        return sync_bce(v, a, 1.0)
+
+    def __repr__(self) -> str:
+        return f"SyncLoss(resolution={self.resolution}, lower_half={self.lower_half})"
+
+
+@dataclass(frozen=True)
+class SyncScores:
+    """One clip's SyncNet scores. ``offset``: video frame t matches audio frame t - offset best
+    (positive = the video lags the audio); ``distances``: ``[2S + 1]`` mean distance per shift."""
+
+    offset: int
+    lse_d: float
+    lse_c: float
+    distances: torch.Tensor
+
+
+def offset_distances(video_embeds: torch.Tensor, audio_embeds: torch.Tensor, vshift: int = VSHIFT) -> torch.Tensor:
+    """``d_j = mean_t ||v_t - a_{t+j-S} + 1e-6||``, ``j = 0 .. 2S``: ``[T, D], [T, D] -> [2S + 1]``.
+
+    As ``calc_pdist`` upstream, audio outside the clip is a zero vector (those frames still
+    count in the mean).
+    """
+    if video_embeds.dim() != 2 or video_embeds.shape != audio_embeds.shape:
+        raise ValueError(f"embeddings must both be [T, D], got {tuple(video_embeds.shape)}, "
+                         f"{tuple(audio_embeds.shape)}")
+    if vshift < 0 or video_embeds.shape[0] == 0:
+        raise ValueError(f"need at least one frame and vshift >= 0, got T={video_embeds.shape[0]}, vshift={vshift}")
+    v = video_embeds.float()
+    a = F.pad(audio_embeds.float(), (0, 0, vshift, vshift))                   # [T + 2S, D], zeros outside
+    windows = a.unfold(0, 2 * vshift + 1, 1).transpose(1, 2)                  # [T, 2S + 1, D]: a_{t+j-S}
+    return F.pairwise_distance(v[:, None, :].expand_as(windows), windows).mean(0)
+
+
+def sync_scores(video_embeds: torch.Tensor, audio_embeds: torch.Tensor, vshift: int = VSHIFT) -> SyncScores:
+    """Offset, LSE-D (min mean distance) and LSE-C (median - min) of one clip's per-frame embeddings.
+
+    ``video_embeds [T, D]``, ``audio_embeds [T, D]``: embedding ``t`` of each covers the window
+    starting at frame ``t`` (``losses.syncnet_v2.window_embeddings`` or StableSyncNet windows).
+    ``torch.median`` is the lower median, as upstream (2S + 1 is odd, so it is the median).
+    """
+    d = offset_distances(video_embeds, audio_embeds, vshift)
+    d_min, j = torch.min(d, 0)
+    return SyncScores(offset=int(vshift - j), lse_d=float(d_min), lse_c=float(torch.median(d) - d_min), distances=d)
