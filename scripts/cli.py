@@ -31,18 +31,20 @@ def default_teacher_preset() -> str:
 def _teacher_demo(args: argparse.Namespace) -> int:
     import configs
     from scripts.demo_inputs import demo_clip
-    from teacher.media import MediaError
+    from teacher.media import MediaError, read_audio
     from teacher.pipeline import run_teacher
 
     if args.steps is not None and args.steps < 1:
         return _fail(f"--steps must be at least 1, got {args.steps}")
     cfg = configs.load(args.config or default_teacher_preset(), args.overrides)
-    try:
-        frames, audio = demo_clip(args.video, args.audio, seconds=args.seconds, seed=args.seed)
-    except MediaError as err:
-        return _fail(str(err))
-    try:
+    try:  # a video file is streamed by run_teacher, never decoded whole
+        if args.video is None:
+            frames, audio = demo_clip(None, args.audio, seconds=args.seconds, seed=args.seed)
+        else:
+            frames, audio = args.video, read_audio(args.audio or args.video)
         report = run_teacher(cfg, frames, audio, args.out, steps=args.steps, seed=args.seed, device=args.device)
+    except MediaError as err:  # names the file
+        return _fail(str(err))
     except ValueError as err:  # e.g. audio shorter than one video frame
         source = args.audio or args.video
         return _fail(f"{source}: {err}" if source else str(err))
@@ -96,14 +98,12 @@ def _lipsync_teacher(args: argparse.Namespace) -> int:
     """--teacher PRESET: the 20-step teacher through the same conditioning, compositing and muxing."""
     import configs
     from inference.run import read_audio_16k
-    from teacher.media import read_video
     from teacher.pipeline import run_teacher
 
     if args.video is None:
         return _fail("--teacher needs --video (the teacher prepares no avatars)")
-    frames, _ = read_video(args.video, fps=25)
     audio = read_audio_16k(args.audio or args.video)
-    report = run_teacher(configs.load(args.teacher, args.overrides), frames, audio, args.out)
+    report = run_teacher(configs.load(args.teacher, args.overrides), args.video, audio, args.out)  # streamed
     print(report.summary())
     return 0
 

@@ -38,7 +38,8 @@ __all__ = [
     "SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "N_MELS", "WINDOW_SECONDS", "WINDOW_MEL_FRAMES",
     "WINDOW_STEPS", "STEPS_PER_SECOND", "VIDEO_FPS", "SAMPLES_PER_FRAME", "STEPS_PER_FRAME",
     "PAST_STEPS", "FUTURE_STEPS", "STEPS_PER_TOKEN_SET", "LOG_FLOOR", "DYNAMIC_RANGE",
-    "WhisperAudioEncoder", "whisper_features", "mel_filters", "log_mel", "pad_mel_window",
+    "WhisperAudioEncoder", "whisper_features", "mel_filters", "log_mel", "log10_mel", "normalise_log_mel",
+    "pad_mel_window",
     "encode_mel_window", "encode_log_mel", "frame_step_indices", "frame_windows",
     "num_video_frames", "to_16k",
 ]
@@ -140,11 +141,19 @@ def log_mel(audio: np.ndarray | torch.Tensor, max_log: float | None = None) -> t
     window = torch.hann_window(N_FFT, device=x.device)
     stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect",
                       return_complex=True)
-    power = stft[:, :-1].abs() ** 2                                  # [201, N // 160]
-    log_spec = torch.clamp(mel_filters(x.device) @ power, min=LOG_FLOOR).log10()
+    log_spec = log10_mel(stft[:, :-1].abs() ** 2)                    # [80, N // 160]
     top = log_spec.max() if max_log is None else torch.as_tensor(max_log, dtype=log_spec.dtype)
-    log_spec = torch.maximum(log_spec, top - DYNAMIC_RANGE)
-    return (log_spec + 4.0) / 4.0
+    return normalise_log_mel(log_spec, top)
+
+
+def log10_mel(power: torch.Tensor) -> torch.Tensor:
+    """STFT power ``[201, n]`` -> ``log10(max(mel, 1e-10))`` ``[80, n]`` (before the dynamic-range floor)."""
+    return torch.clamp(mel_filters(power.device) @ power, min=LOG_FLOOR).log10()
+
+
+def normalise_log_mel(log_spec: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """Whisper's floor at ``top - 8`` and scaling ``(x + 4) / 4`` of a ``log10_mel`` ``[80, n]``."""
+    return (torch.maximum(log_spec, top - DYNAMIC_RANGE) + 4.0) / 4.0
 
 
 def pad_mel_window(mel: torch.Tensor) -> torch.Tensor:
