@@ -2,7 +2,9 @@
 
 Per source video: decode at 25 fps and 16 kHz mono, optional scene-cut splitting, LatentSync
 face alignment (frames without a face split the clip), Whisper features over the whole
-file (the official normalisation), and one shard per kept segment::
+file (the official normalisation), and one shard per kept segment. The video is streamed: frames
+are aligned and their crops written to the open shard as they are decoded, and Whisper runs one
+30 s window at a time, so memory does not grow with the video's length::
 
     OUT_DIR/shards/<stem>_sNNN/faces.mp4         aligned faces, res x res, 25 fps
                                audio.npy         float32 [T * 640] at 16 kHz, aligned to the frames
@@ -18,6 +20,7 @@ Shards are written to a temporary folder and renamed, so an interrupted run resu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -58,7 +61,11 @@ class SourceRecord:
     reason: str = ""
     shards: list[str] = field(default_factory=list)
     frames: int = 0
-    faceless_frames: int = 0
+    faceless_frames: int = 0  # no face found (including too_small_frames)
+    too_small_frames: int = 0  # only a face under the landmarker's minimum box
+    shard_frames: int = 0  # frames written to shards
+    short_run_frames: int = 0  # frames with a face in runs shorter than min_frames (within a scene)
+    filtered_frames: int = 0  # frames of segments dropped by the sync filter
 
 
 def find_videos(src_dir: str | os.PathLike) -> list[Path]:
@@ -75,16 +82,24 @@ def source_key(path: Path) -> str:
     return f"{path.stem}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
 
 
+def _thumb(frame: np.ndarray) -> np.ndarray:
+    """32x32 grey thumbnail (uint8) of an RGB frame, for scene cuts."""
+    import cv2
+
+    return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+
+
+def _cut_score(prev: np.ndarray, cur: np.ndarray) -> float:
+    """Mean abs difference (0..1) of two ``_thumb`` thumbnails."""
+    return float(np.abs(cur.astype(np.float32) / 255.0 - prev.astype(np.float32) / 255.0).mean())
+
+
 def scene_cuts(frames: np.ndarray, threshold: float | None) -> list[int]:
     """Indices ``i`` where frame ``i`` starts a new scene (mean abs difference of 32x32 grey thumbnails)."""
     if threshold is None or len(frames) < 2:
         return []
-    import cv2
-
-    thumbs = np.stack([cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
-                       for f in frames]).astype(np.float32) / 255.0  # fmt: skip
-    diff = np.abs(np.diff(thumbs, axis=0)).mean(axis=(1, 2))
-    return [int(i) + 1 for i in np.flatnonzero(diff > threshold)]
+    thumbs = [_thumb(f) for f in frames]
+    return [i for i in range(1, len(thumbs)) if _cut_score(thumbs[i - 1], thumbs[i]) > threshold]
 
 
 def segments(num_frames: int, cuts: list[int], has_face: np.ndarray, min_frames: int) -> list[tuple[int, int]]:
@@ -149,64 +164,150 @@ def _process(job: tuple[str, str, str]) -> SourceRecord:
 
 
 def process_video(source: Path, key: str, out_dir: Path, cfg: PrepareConfig, aligner, whisper) -> SourceRecord:
-    """Turn one source video into shards; returns what happened."""
-    from teacher.audio import encode_log_mel, log_mel
-    from teacher.face import align_video
-    from teacher.media import read_audio, read_video, write_video
+    """Turn one source video into shards, streaming its frames; returns what happened.
 
-    frames, _ = read_video(source, fps=FPS)
+    Frames are decoded one at a time, aligned (translation EMA carried across frames), checked for
+    a scene cut and, while a run of face frames lasts, their crops go straight into that run's
+    ``faces.mp4``. A run that ends shorter than ``min_frames`` is discarded. When the stream ends
+    (the video's or the audio's end, whichever is first) each kept run gets its Whisper steps,
+    audio and meta, and is renamed into place.
+    """
+    from teacher.audio_windows import WhisperWindows
+    from teacher.media import iter_video_frames, read_audio
+    from teacher.video_source import VideoSource
+
+    VideoSource(source).close()  # a missing, corrupt or video-less file fails here, before the audio
     audio = read_audio(source, sample_rate=SAMPLE_RATE)
-    n = min(len(frames), len(audio) // SAMPLES_PER_FRAME)
-    if n < cfg.min_frames:
-        return SourceRecord(str(source), "skipped", f"too short: {n} frames with audio (< {cfg.min_frames})", frames=n)
-    frames, audio = frames[:n], audio[: n * SAMPLES_PER_FRAME]
-    aligned = align_video(frames, aligner)
-    has_face = np.array([a is not None for a in aligned])
-    faceless = int((~has_face).sum())
-    segs = segments(n, scene_cuts(frames, cfg.scene_cut_threshold), has_face, cfg.min_frames)
-    if not segs:
-        why = "no face found" if faceless == n else f"no run of {cfg.min_frames} face frames"
-        return SourceRecord(str(source), "skipped", why, frames=n, faceless_frames=faceless)
-    steps = encode_log_mel(whisper, log_mel(audio)).half().numpy()  # [T50, L+1, 384]
-    record = SourceRecord(str(source), "ok", frames=n, faceless_frames=faceless)
-    for k, (s, e) in enumerate(segs):
-        name = f"{key}_s{k:03d}"
-        lo, hi = whisper_step_range(s, e, len(steps))
+    n_audio = len(audio) // SAMPLES_PER_FRAME
+    frames = iter_video_frames(source, FPS)
+    stream = _ShardStream(source, key, out_dir, cfg, aligner)
+    try:
+        head = [f for _, f in zip(range(min(cfg.min_frames, n_audio)), frames)]  # range first: no extra decode
+        if len(head) < cfg.min_frames:
+            why = f"too short: {len(head)} frames with audio (< {cfg.min_frames})"
+            return SourceRecord(str(source), "skipped", why, frames=len(head))
+        for frame in itertools.islice(itertools.chain(head, frames), n_audio):
+            stream.add(frame)
+        stream.close_run()
+    except BaseException:
+        stream.discard()
+        raise
+    finally:
+        frames.close()
+    rec, n = stream.record, stream.record.frames
+    if not stream.runs:
+        rec.status = "skipped"
+        rec.reason = "no face found" if rec.faceless_frames == n else f"no run of {cfg.min_frames} face frames"
+        return rec
+    audio = audio[: n * SAMPLES_PER_FRAME]
+    steps = WhisperWindows(whisper, audio)  # the whole clip's official windows, one at a time
+    for run in stream.runs:
+        stream.finish(run, audio, steps)
+    if not rec.shards:
+        rec.status, rec.reason = "skipped", "every segment rejected by the sync filter"
+    return rec
+
+
+class _ShardStream:
+    """The online part of ``process_video``: alignment, scene cuts, runs of face frames, open shards."""
+
+    def __init__(self, source: Path, key: str, out_dir: Path, cfg: PrepareConfig, aligner):
+        self.source, self.key, self.out_dir, self.cfg, self.aligner = source, key, out_dir, cfg, aligner
+        self.record = SourceRecord(str(source), "ok")
+        self.runs: list[dict] = []  # kept runs waiting for their Whisper steps
+        self.run: dict | None = None  # the open run: start, matrices, writer, tmp folder (+ crops for the filter)
+        self.state = None  # translation EMA
+        self.prev_thumb = None
+
+    def add(self, frame: np.ndarray) -> None:
+        i = self.record.frames
+        self.record.frames += 1
+        cut = False
+        if self.cfg.scene_cut_threshold is not None:
+            thumb = _thumb(frame)
+            cut = self.prev_thumb is not None and _cut_score(self.prev_thumb, thumb) > self.cfg.scene_cut_threshold
+            self.prev_thumb = thumb
+        face, self.state = self.aligner.align_step(frame, self.state)
+        if face is None:
+            self.record.faceless_frames += 1
+            self.record.too_small_frames += getattr(self.aligner.landmarker, "too_small", None) is not None
+        if cut or face is None:
+            self.close_run()
+        if face is None:
+            return
+        if self.run is None:
+            from teacher.media import VideoWriter
+
+            name = f"{self.key}_s{len(self.runs):03d}"
+            tmp = self.out_dir / "shards" / f".tmp-{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            writer = VideoWriter(tmp / "faces.mp4", FPS, crf=self.cfg.crf)
+            self.run = {"name": name, "tmp": tmp, "start": i, "matrices": [], "writer": writer, "crops": []}
+        self.run["writer"].write(face.crop)
+        self.run["matrices"].append(face.matrix.round(6).tolist())
+        if self.cfg.clip_filter is not None:  # the filter sees the crops in memory: one segment's worth
+            self.run["crops"].append(face.crop)
+
+    def close_run(self) -> None:
+        """End the open run: keep it when long enough, else discard it."""
+        run, self.run = self.run, None
+        if run is None:
+            return
+        run["end"] = run["start"] + len(run["matrices"])
+        if run["end"] - run["start"] >= self.cfg.min_frames:
+            run["writer"].close()
+            del run["writer"]
+            self.runs.append(run)
+        else:
+            run["writer"].abort()
+            shutil.rmtree(run["tmp"], ignore_errors=True)
+            self.record.short_run_frames += run["end"] - run["start"]
+
+    def discard(self) -> None:
+        """Remove every shard folder this stream has started (after an error)."""
+        if self.run is not None:
+            self.run["writer"].abort()
+            self.runs.append(self.run)
+            self.run = None
+        for run in self.runs:
+            shutil.rmtree(run["tmp"], ignore_errors=True)
+        self.runs = []
+
+    def finish(self, run: dict, audio: np.ndarray, steps) -> None:
+        """Whisper steps, audio and meta of a kept run; the sync filter; rename into place."""
+        s, e, name, tmp = run["start"], run["end"], run["name"], run["tmp"]
+        lo, hi = whisper_step_range(s, e, steps.num_steps)
         meta = {
-            "source": str(source),
+            "source": str(self.source),
             "start_frame": s,
             "num_frames": e - s,
             "fps": FPS,
             "sample_rate": SAMPLE_RATE,
-            "resolution": cfg.resolution,
+            "resolution": self.cfg.resolution,
             "whisper_step_offset": lo,
-            "whisper_total_steps": len(steps),
-            "whisper_layers": int(steps.shape[1]),
-            "matrices": [aligned[i].matrix.round(6).tolist() for i in range(s, e)],
-            "ground_truth": _ground_truth(source, s, e),
+            "whisper_total_steps": steps.num_steps,
+            "whisper_layers": steps.encoder.num_layers,
+            "matrices": run["matrices"],
+            "ground_truth": _ground_truth(self.source, s, e),
         }
-        crops = np.stack([aligned[i].crop for i in range(s, e)])
         seg_audio = audio[s * SAMPLES_PER_FRAME : e * SAMPLES_PER_FRAME]
-        if cfg.clip_filter is not None:
-            keep, score = cfg.clip_filter({"frames": crops, "audio": seg_audio, "meta": meta})
+        if self.cfg.clip_filter is not None:
+            keep, score = self.cfg.clip_filter({"frames": np.stack(run["crops"]), "audio": seg_audio, "meta": meta})
             meta["sync_score"] = float(score)
             if not keep:
                 log.info("sync filter dropped %s (score %.3f)", name, score)
-                continue
-        tmp = out_dir / "shards" / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write_video(tmp / "faces.mp4", crops, fps=FPS, crf=cfg.crf)
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.record.filtered_frames += e - s
+                return
         np.save(tmp / "audio.npy", seg_audio.astype(np.float32))
-        np.save(tmp / "whisper.npy", steps[lo:hi])
+        np.save(tmp / "whisper.npy", steps.steps(lo, hi).half().numpy())
         (tmp / "meta.json").write_text(json.dumps(meta))
-        final = out_dir / "shards" / name
+        final = self.out_dir / "shards" / name
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        record.shards.append(name)
-    if not record.shards:
-        record.status, record.reason = "skipped", "every segment rejected by the sync filter"
-    return record
+        self.record.shards.append(name)
+        self.record.shard_frames += e - s
 
 
 # ----------------------------------------------------------------------------- driver
@@ -218,13 +319,38 @@ class PrepareReport:
     resumed: int = 0
     shards: int = 0
     skipped_files: dict[str, str] = field(default_factory=dict)
+    frames: int = 0  # 25 fps frames with audio, over every source
+    shard_frames: int = 0  # ... of them in shards
+    left_out: dict[str, int] = field(default_factory=dict)  # the rest, by reason
+
+    def add(self, rec: SourceRecord, min_frames: int) -> None:
+        """Count one source's record."""
+        if rec.status == "ok":
+            self.prepared += 1
+            self.shards += len(rec.shards)
+        else:
+            self.skipped += 1
+            self.skipped_files[rec.source] = rec.reason
+        self.frames += rec.frames
+        self.shard_frames += rec.shard_frames
+        no_face = rec.faceless_frames - rec.too_small_frames
+        rest = rec.frames - rec.shard_frames - rec.faceless_frames - rec.short_run_frames - rec.filtered_frames
+        for why, k in (("with no face", no_face), ("with a face too small", rec.too_small_frames),
+                       (f"in face runs under {min_frames} frames", rec.short_run_frames),
+                       ("dropped by the sync filter", rec.filtered_frames), ("in videos too short", rest)):  # fmt: skip
+            if k:
+                self.left_out[why] = self.left_out.get(why, 0) + k
 
     def summary(self) -> str:
-        lines = [
+        """One line per skipped file, then the one summary line: sources, shards, frames used and left out (why)."""
+        lines = [f"  skipped {src}: {why}" for src, why in self.skipped_files.items()]
+        left = self.frames - self.shard_frames
+        why = f" ({', '.join(f'{k} {w}' for w, k in self.left_out.items())})" if self.left_out else ""
+        lines.append(
             f"{self.sources} source videos: {self.prepared} prepared, {self.skipped} skipped, "
-            f"{self.resumed} already done; {self.shards} shards"
-        ]
-        lines += [f"  skipped {src}: {why}" for src, why in self.skipped_files.items()]
+            f"{self.resumed} already done; {self.shards} shards; {self.frames} frames: "
+            f"{self.shard_frames} in shards, {left} left out{why}"
+        )
         return "\n".join(lines)
 
 
@@ -277,12 +403,7 @@ def prepare(src_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prepare
         if cfg.workers > 1:
             pool.shutdown()
     for rec in _records(out):
-        if rec.status == "ok":
-            report.prepared += 1
-            report.shards += len(rec.shards)
-        else:
-            report.skipped += 1
-            report.skipped_files[rec.source] = rec.reason
+        report.add(rec, cfg.min_frames)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=1))
     return report
 
