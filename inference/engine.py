@@ -274,7 +274,7 @@ def paste(state: EngineState, faces: np.ndarray, src: np.ndarray) -> list[np.nda
     if dev.type == "cuda" and with_face:  # one batched warp on the GPU instead of a per-frame OpenCV loop
         return _paste_on_device(state, out, faces, src, with_face, dev)
     pasted = paste_faces([out[j] for j in with_face], faces[with_face], [av.aligned(src[j]) for j in with_face],
-                         state.aligner)  # fmt: skip
+                         state.aligner, mask=state.mask_px)  # fmt: skip
     for j, frame in zip(with_face, pasted):
         out[j] = frame
     return out
@@ -288,7 +288,8 @@ def _paste_on_device(state: EngineState, out: list[np.ndarray], faces: np.ndarra
     frames = torch.from_numpy(np.stack([out[j] for j in with_face])).to(dev).permute(0, 3, 1, 2).float()
     crops = torch.from_numpy(faces[with_face]).to(dev).permute(0, 3, 1, 2).float()
     matrices = torch.from_numpy(np.stack([np.asarray(state.avatar.matrices[src[j]]) for j in with_face])).to(dev)
-    pasted = paste_faces_torch(frames, crops, matrices).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    pasted = paste_faces_torch(frames, crops, matrices, mask=state.mask_px)
+    pasted = pasted.round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     for j, frame in zip(with_face, pasted):
         out[j] = frame
     return out

@@ -16,8 +16,11 @@ all run the same code:
     unet_input         x_t, condition channels          -> [B, 13, F, h, w]
     composite          decoded, pixels, pixel mask      -> generated inside the mask, original outside
     pixels_to_uint8    [-1, 1] pixels                   -> uint8
+    paste_weight       pixel mask [R, R]                -> paste weight [R, R]: the regenerated region, feathered inward
     paste_faces        frames, uint8 faces, alignments  -> full frames with the faces pasted back (OpenCV, CPU)
     paste_faces_torch  the same as one batched torch warp, on the model's device (GPU)
+    paste_alpha        paste weight, matrix             -> the weight in frame space [H, W]
+    boundary_visibility frames, pasted regions          -> the step in pixel values across the paste boundary
 
 At inference the reference frames are the frames being edited (unmasked); in training they
 come from another window of the same clip. VAE encoding samples the latent distribution (not
@@ -117,15 +120,54 @@ def composite(decoded: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor) -
     return decoded.clamp(-1, 1) * (1 - mask) + pixels * mask
 
 
-def paste_faces(frames: Sequence[np.ndarray], faces: np.ndarray, aligned: Sequence, aligner) -> list[np.ndarray]:
-    """Full frames with uint8 faces ``[F, R, R, 3]`` pasted back (same order as ``frames`` and
-    ``aligned``) through ``aligner.restore``: the inverse warp with the feathered mask."""
-    return [aligner.restore(frame, face, a) for frame, face, a in zip(frames, faces, aligned)]
+def paste_weight(mask, feather: float | None = None) -> torch.Tensor:
+    """The paste-back weight ``[R, R]`` float32 in crop space: 1 where the generated face is kept, 0 outside
+    the region the U-Net regenerated.
+
+    mask: the U-Net's pixel mask ``[R, R]`` (numpy or torch, 1 = keep the original; the region it
+    regenerates is ``mask < 0.5``). The weight is 0 on and outside that region's edge and rises to 1 over
+    ``feather`` crop px inside it (default ``R / 20``, LatentSync's ``w_edge = sqrt(area) // 20`` scale), as a
+    smoothstep of the Euclidean distance to the edge (``cv2.distanceTransform``). So the paste changes only
+    pixels the U-Net regenerated, and the generated face fades in over a band inside the mask instead of a
+    hard edge. LatentSync pastes the whole 3:4 crop (``AlignRestore.restore_img``: eroded, blurred crop
+    rectangle) over a crop whose outside-the-mask part is the original resampled twice: the eyes, brows and
+    face outline come back slightly blurred and shifted, and the crop's rectangle and the mask's hard edge
+    (the cheek strips at nose level, the jaw ellipse) both show.
+    """
+    import cv2
+
+    m = mask.detach().float().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask, np.float32)
+    r = m.shape[-1]
+    feather = r / 20 if feather is None else float(feather)
+    gen = np.pad((m.reshape(m.shape[-2:]) < 0.5).astype(np.uint8), 1)  # outside the crop counts as not generated
+    dist = cv2.distanceTransform(gen, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]  # px to the edge; 0 outside
+    t = np.clip((dist - 0.5) / max(feather, 1e-6), 0, 1)  # the first pixel inside the edge sits at dist 1
+    return torch.from_numpy((t * t * (3 - 2 * t)).astype(np.float32))
+
+
+def paste_faces(frames: Sequence[np.ndarray], faces: np.ndarray, aligned: Sequence, aligner,
+                mask=None) -> list[np.ndarray]:  # fmt: skip
+    """Full frames with uint8 faces ``[F, R, R, 3]`` pasted back (same order as ``frames`` and ``aligned``):
+    ``aligner.restore`` with ``paste_weight(mask)``, so only the region the U-Net regenerated changes.
+
+    mask: the U-Net's pixel mask (1 = keep; any shape ending in ``[R, R]``), default the built-in
+    ``teacher.face.lower_face_mask(R)``; pass the one the U-Net saw when it is another (a mask image).
+    """
+    weight = _weight_for(mask, faces.shape[1]).numpy()
+    return [aligner.restore(frame, face, a, weight=weight) for frame, face, a in zip(frames, faces, aligned)]
+
+
+def _weight_for(mask, resolution: int) -> torch.Tensor:
+    from teacher.face import lower_face_mask
+
+    m = lower_face_mask(resolution) if mask is None else mask
+    return paste_weight(m.reshape(m.shape[-2:]) if isinstance(m, torch.Tensor) else np.asarray(m).reshape(m.shape[-2:]))
 
 
 def crop_feather(resolution: int, device=None) -> torch.Tensor:
-    """Paste weight in crop space ``[R, R]``: 1 inside, falling to 0 over ~R/20 px at the crop's border
-    (LatentSync's eroded, Gaussian-feathered paste mask, drawn in crop space instead of frame space)."""
+    """Weight of LatentSync's whole-crop paste in crop space ``[R, R]``: 1 inside, falling to 0 over ~R/20 px at
+    the crop's border (its eroded, Gaussian-feathered paste mask, drawn in crop space instead of frame space).
+    The official paste (``FaceAligner.restore`` without a weight); ``paste_weight`` is the one the pipelines use."""
     w_edge = max(1, resolution // 20)
     x = torch.arange(resolution, device=device, dtype=torch.float32) + 0.5
     d = torch.minimum(x, resolution - x)  # distance to the nearer border, px
@@ -135,17 +177,18 @@ def crop_feather(resolution: int, device=None) -> torch.Tensor:
 
 
 def paste_faces_torch(frames: torch.Tensor, faces: torch.Tensor, matrices: torch.Tensor,
-                      feather: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                      feather: torch.Tensor | None = None, mask=None) -> torch.Tensor:  # fmt: skip
     """Paste faces into frames with one batched inverse warp (``F.grid_sample``), on their device.
 
     frames: [B, 3, H, W] float (any range); faces: [B, 3, R, R] in the same range; matrices: [B, 2, 3]
-    frame -> crop pixel affine (``AlignedFace.matrix``); feather: [R, R] paste weight (default
-    ``crop_feather(R)``). Each frame pixel p takes a = feather(M p) and out = a * face(M p) + (1 - a) * frame.
-    Returns [B, 3, H, W].
+    frame -> crop pixel affine (``AlignedFace.matrix``); feather: [R, R] paste weight in crop space (default
+    ``paste_weight(mask)``, mask default ``lower_face_mask(R)``: the same weight as ``paste_faces``). Each frame
+    pixel p takes a = feather(M p) and out = a * face(M p) + (1 - a) * frame. Returns [B, 3, H, W].
     """
     b, _, h, w = frames.shape
     r = faces.shape[-1]
-    feather = crop_feather(r, frames.device) if feather is None else feather.to(frames.device)
+    feather = _weight_for(mask, r) if feather is None else feather
+    feather = feather.to(frames.device, torch.float32)
     ys, xs = torch.meshgrid(torch.arange(h, device=frames.device, dtype=torch.float32),
                             torch.arange(w, device=frames.device, dtype=torch.float32), indexing="ij")  # fmt: skip
     p = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(1, h * w, 3)
@@ -155,3 +198,52 @@ def paste_faces_torch(frames: torch.Tensor, faces: torch.Tensor, matrices: torch
     warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     a = warped[:, 3:4]
     return (a * warped[:, :3] + (1 - a) * frames.float()).to(frames.dtype)
+
+
+def paste_alpha(weight, matrix: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+    """The paste weight in frame space: float32 ``[H, W]``, ``weight`` ``[R, R]`` (crop space) warped by the
+    frame -> crop ``matrix`` [2, 3] (bilinear, 0 outside the crop), as ``FaceAligner.restore`` blends."""
+    import cv2
+
+    w = (weight.numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)).astype(np.float32)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    size = (int(frame_hw[1]), int(frame_hw[0]))
+    return cv2.warpAffine(w, np.asarray(matrix, np.float64), size, flags=flags, borderValue=0)
+
+
+def boundary_visibility(frames: Sequence[np.ndarray], regions: Sequence[np.ndarray], width: float = 4.0) -> float:
+    """How visible a paste-back boundary is: the step in pixel values across it, in 8-bit levels.
+
+    frames: ``[T, H, W, 3]`` (uint8 or float in 0..255); regions: ``[T, H, W]`` bool, the pasted region of each
+    frame (e.g. ``paste_alpha(...) >= 0.5``). For every pixel just outside a region's edge (distance <= 1 px),
+    the mean colour of the region's pixels within ``width`` px of the edge and the mean colour of the outside
+    pixels within ``width`` px of it are taken in a Gaussian window (sigma = ``width``) around that pixel, and
+    the step is their absolute difference averaged over the 3 channels. Returns the mean step over all edge
+    pixels of all frames (NaN when no frame has an edge). A seamless paste of the true picture gives the
+    picture's own step across that curve; compare against the same measure on ground-truth frames with the
+    same regions. ``width`` should cover the paste's feather (its transition band), or the step spread over
+    the feather is partly missed.
+    """
+    import cv2
+
+    k = 2 * int(np.ceil(2 * width)) + 1
+    steps = []
+    for frame, region in zip(frames, regions):
+        inside = np.asarray(region, bool).astype(np.uint8)
+        if inside.all() or not inside.any():
+            continue
+        d_in = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        d_out = cv2.distanceTransform(1 - inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        img = np.asarray(frame, np.float32)
+        means = []
+        for band in ((d_in > 0) & (d_in <= width), (d_out > 0) & (d_out <= width)):
+            b = band.astype(np.float32)
+            num = cv2.GaussianBlur(img * b[..., None], (k, k), width, borderType=cv2.BORDER_CONSTANT)
+            den = cv2.GaussianBlur(b, (k, k), width, borderType=cv2.BORDER_CONSTANT)
+            means.append((num, den))
+        edge = (d_out > 0) & (d_out <= 1) & (means[0][1] > 1e-3) & (means[1][1] > 1e-3)
+        if edge.any():
+            m_in = means[0][0][edge] / means[0][1][edge, None]
+            m_out = means[1][0][edge] / means[1][1][edge, None]
+            steps.append(np.abs(m_in - m_out).mean(axis=1))
+    return float(np.concatenate(steps).mean()) if steps else float("nan")

@@ -184,16 +184,23 @@ class FaceAligner:
             crop = cv2.warpAffine(frame, matrix, (self.resolution,) * 2, flags=cv2.INTER_LINEAR, **border)
         return AlignedFace(crop=crop, matrix=matrix, landmarks=anchors), state
 
-    def restore(self, frame: np.ndarray, crop, aligned: AlignedFace) -> np.ndarray:
+    def restore(self, frame: np.ndarray, crop, aligned: AlignedFace, weight: np.ndarray | None = None) -> np.ndarray:
         """Paste ``crop`` (uint8 [res, res, 3], or float [3, res, res] in [-1, 1]; any square size
         works, it is taken to span the aligned crop) back into a copy of ``frame``.
 
-        As LatentSync: inverse warp, a mask of the crop area eroded by 2 px, an inner core eroded
-        by ~w_edge px with w_edge = sqrt(mask area) // 20, Gaussian-feathered over 2 w_edge + 1 px.
-        Unlike it: one resampling (the crop is area-downscaled first when it shrinks > 1.5x), only
-        the face's bounding box is processed, values are rounded rather than truncated.
+        weight: float [r, r] paste weight in crop space (``teacher.conditioning.paste_weight``: the region the
+        U-Net regenerated, feathered inward); each frame pixel p takes a = weight(M p) and
+        out = a * crop(M p) + (1 - a) * frame, so pixels where a = 0 stay exactly as they were. None: the
+        official whole-crop paste, as LatentSync: inverse warp, a mask of the crop area eroded by 2 px, an
+        inner core eroded by ~w_edge px with w_edge = sqrt(mask area) // 20, Gaussian-feathered over
+        2 w_edge + 1 px. Unlike it: one resampling (the crop is area-downscaled first when it shrinks > 1.5x),
+        only the face's bounding box is processed, values are rounded rather than truncated.
         """
         img = _crop_to_float(crop)
+        if weight is not None:
+            weight = np.asarray(weight, np.float32)
+            if weight.shape != img.shape[:2]:
+                weight = cv2.resize(weight, img.shape[1::-1], interpolation=cv2.INTER_AREA)
         matrix = (_resize_matrix((self.resolution,) * 2, img.shape[:2]) @ _homogeneous(aligned.matrix))[:2]
         # area pre-filter when the crop is much denser than the frame (avoids aliasing)
         dens = np.linalg.norm(matrix[:, :2], axis=1)  # crop px per frame px along crop x, y
@@ -201,6 +208,8 @@ class FaceAligner:
             new_hw = (max(1, round(img.shape[0] / max(dens[1], 1))), max(1, round(img.shape[1] / max(dens[0], 1))))
             matrix = (_resize_matrix(img.shape[:2], new_hw) @ _homogeneous(matrix))[:2]
             img = cv2.resize(img, new_hw[::-1], interpolation=cv2.INTER_AREA)
+            if weight is not None:
+                weight = cv2.resize(weight, new_hw[::-1], interpolation=cv2.INTER_AREA)
         h, w = frame.shape[:2]
         ch, cw = img.shape[:2]
         inv = cv2.invertAffineTransform(matrix)
@@ -217,11 +226,15 @@ class FaceAligner:
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         face = cv2.warpAffine(img, roi, size, flags=flags, borderMode=cv2.BORDER_CONSTANT,
                               borderValue=(FILL_VALUE,) * 3)
-        mask = cv2.warpAffine(np.ones((ch, cw), np.float32), roi, size, flags=flags,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        soft, mask = _feather(mask)
         base = frame[y0:y1, x0:x1].astype(np.float32)
-        blended = soft[..., None] * (mask[..., None] * face) + (1 - soft[..., None]) * base
+        if weight is None:
+            mask = cv2.warpAffine(np.ones((ch, cw), np.float32), roi, size, flags=flags,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            soft, mask = _feather(mask)
+            face = mask[..., None] * face
+        else:
+            soft = cv2.warpAffine(weight, roi, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        blended = soft[..., None] * face + (1 - soft[..., None]) * base
         out[y0:y1, x0:x1] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
         return out
 

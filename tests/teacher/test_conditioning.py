@@ -75,25 +75,35 @@ def test_composite_keeps_the_original_outside_the_mask():
 
 
 def test_torch_paste_matches_the_opencv_paste():
-    """The batched torch warp pastes like FaceAligner.restore: same pixels deep inside the face, the
-    original far outside, and a small mean difference overall (the feathers differ slightly)."""
-    from teacher.conditioning import paste_faces_torch
-    from teacher.face import AlignedFace, FaceAligner
+    """The batched torch warp pastes like the OpenCV paste, with the pipelines' weight (paste_faces, the
+    regenerated region feathered inward) and with the official whole-crop weight (restore without a weight,
+    crop_feather): same pixels deep inside, the original outside, a small mean difference overall."""
+    from teacher.conditioning import crop_feather, paste_faces, paste_faces_torch
+    from teacher.face import AlignedFace, FaceAligner, lower_face_mask
 
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (96, 120, 3), dtype=np.uint8)
     face = np.full((32, 32, 3), 200, np.uint8)
-    face[8:24, 8:24] = (30, 90, 160)
+    face[8:28, 6:26] = (30, 90, 160)
     angle, scale = 0.2, 0.8  # frame -> crop: rotate, scale, shift
     m = np.array([[scale * np.cos(angle), -scale * np.sin(angle), -20.0],
                   [scale * np.sin(angle), scale * np.cos(angle), -15.0]])  # fmt: skip
     aligner = FaceAligner(resolution=32, landmarker=lambda f: None)
-    ref = aligner.restore(frame, face, AlignedFace(face, m, np.zeros((3, 2))))
-    out = paste_faces_torch(torch.from_numpy(frame).permute(2, 0, 1)[None].float(),
-                            torch.from_numpy(face).permute(2, 0, 1)[None].float(), torch.from_numpy(m)[None])
-    out = out[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+    aligned = AlignedFace(face, m, np.zeros((3, 2)))
     inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-    centre = (inv @ np.array([16, 16, 1])).round().astype(int)
-    assert np.array_equal(out[centre[1], centre[0]], ref[centre[1], centre[0]])  # the face's centre
-    assert np.array_equal(out[:3], frame[:3]) and np.array_equal(ref[:3], frame[:3])  # far outside
-    assert np.abs(out.astype(int) - ref).mean() < 3.0
+    as_t = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None].float()  # noqa: E731
+    mat = torch.from_numpy(m)[None]
+    masked = paste_faces([frame], face[None], [aligned], aligner)[0]
+    whole = aligner.restore(frame, face, aligned)
+    pairs = [(masked, paste_faces_torch(as_t(frame), as_t(face), mat), (16, 24)),  # deep inside the mouth region
+             (whole, paste_faces_torch(as_t(frame), as_t(face), mat, feather=crop_feather(32)), (16, 16))]  # fmt: skip
+    for ref, out, deep in pairs:
+        out = out[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+        x, y = (inv @ np.array([*deep, 1])).round().astype(int)
+        assert np.array_equal(out[y, x], ref[y, x]) and np.array_equal(out[y, x], face[deep[1], deep[0]])
+        assert np.array_equal(out[:3], frame[:3]) and np.array_equal(ref[:3], frame[:3])  # far outside
+        assert np.abs(out.astype(int) - ref).mean() < 3.0
+    # the pipelines' paste leaves the kept nose band (crop y = 0.4) as it was; the whole-crop paste does not
+    assert lower_face_mask(32)[13, 16] == 1
+    x, y = (inv @ np.array([16, 13, 1])).round().astype(int)
+    assert np.array_equal(masked[y, x], frame[y, x]) and not np.array_equal(whole[y, x], frame[y, x])
