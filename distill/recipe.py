@@ -34,7 +34,7 @@ from torch import nn
 import configs
 from distill import checkpoint as ckpt
 from distill.data import PrepareConfig, encode_latents, list_shards, prepare
-from distill.step import distill_step, ema_update, make_target
+from distill.step import StepLosses, build_losses, distill_step, ema_update, make_target
 from student.denoiser import DenoiserSettings, StudentDenoiser
 from student.model import StudentUNet
 from student.sampler import lcm_timesteps, sample_lcm
@@ -168,6 +168,7 @@ class Run:
     state: ckpt.RunState
     acp: torch.Tensor
     val_batch: dict[str, torch.Tensor]
+    losses: StepLosses | None = None  # built once from cfg.distill (distill.step.build_losses)
     batches: Any = None
     writer: Any = None
     resumed_from: Path | None = None
@@ -222,6 +223,7 @@ def setup(cfg: DictConfig) -> Run:
     run = Run(cfg, acc, teacher, vae, wrapped, target, optimizer, scheduler, dataset, out,
               torch.Generator().manual_seed(_step_seed(int(cfg.run.seed), acc.process_index)),
               ckpt.RunState(world_size=acc.num_processes), alphas_cumprod().to(acc.device), val)  # fmt: skip
+    run.losses = build_losses(cfg.distill)
     run.resumed_from = ckpt.resume_path(cfg.run.get("resume"), out / "checkpoints")
     if run.resumed_from is not None:
         load_checkpoint(run, run.resumed_from)
@@ -257,8 +259,8 @@ def train_step(run: Run) -> tuple[dict[str, float], str]:
         batch = next(run.batches)
         with acc.accumulate(run.student):
             with acc.autocast():
-                out = distill_step(run.student, run.target, run.teacher, batch, distill_cfg,
-                                   generator=run.generator, alphas_cumprod=run.acp)  # fmt: skip
+                out = distill_step(run.student, run.target, run.teacher, batch, distill_cfg, run.losses,
+                                   generator=run.generator, alphas_cumprod=run.acp, decode=run.vae.decode)  # fmt: skip
             finite = finite and bool(torch.isfinite(out["loss"]))
             acc.backward(out["loss"])
             for k, v in out.items():

@@ -7,8 +7,8 @@ script does it, for LatentSync's video U-Net:
     x_t  = sqrt(alpha_bar_t) x0_real + sqrt(1 - alpha_bar_t) eps          eps from ``noise`` mode
     w    ~ U[w_min, w_max]                                                guidance scale s of LatentSync
     x_s  = DDIM(x_t -> s, eps_u + w (eps_c - eps_u))                      frozen teacher, 2B batch
-    L    = d(f_student(x_t, t, w), f_target(x_s, s, w))                   d = pseudo-Huber or L2
-    loss = mean_B(L + sum_j weight_j * aux_j(x0_student, batch))
+    L    = d(f_student(x_t, t, w), f_target(x_s, s, w))                   d = ``losses.consistency``
+    loss = mean_B(L + sum_j weight_j * aux_j(x0_student, ...))
 
 Optional trajectory anchor (``weights.anchor`` > 0; off by default, not part of LCD): the first
 ``anchor.samples`` items of the batch take n = N-1 (t = 999, where the 1-step student works) and
@@ -17,16 +17,28 @@ their student x0 is also pulled, with the same distance d, toward the guided tea
 target reaches t = 999 only through N bootstrapped jumps; the anchor gives the endpoint a direct
 teacher target at the cost of ``anchor.steps`` guided teacher calls on those items.
 
+The losses live in ``losses/`` and are built once from the config by ``build_losses`` (the recipe
+keeps the result and passes it to every step). Each auxiliary loss is a callable of tensors returning
+[B], fed by keyword from the step's tensors: ``x0`` (the student's x0 latents [B, 4, F, h, w]),
+``x0_frames`` (x0 decoded once by ``decode``, [B, 3, F, H, W] in [-1, 1], only when some loss takes
+it) and every key of the batch (``latents``, ``mask``, ``audio_embeds``, real ``frames`` when the data
+gives them, ...). A loss parameter takes the tensor of the same name unless ``inputs`` maps it to
+another (``{frames: x0_frames}``).
+
 No accelerate, DeepSpeed or optimizer here: the recipe wraps this function.
 
 Config keys (``cfg``, a mapping or DictConfig; missing keys take ``DEFAULTS``):
     num_train_timesteps, num_ddim_timesteps   solver grid (1000, 50 -> k = 20)
     noise, mixed_noise_alpha                   structure of eps over frames (see ``DEFAULT_NOISE``)
     w_min, w_max                               guidance-scale range, around the official 1.5
-    loss, huber_c                              "huber" (pseudo-Huber, c = 0.001) or "l2"
+    consistency                                _target_ node of the distance d (default
+                                               ``losses.consistency.PseudoHuber``, c = 0.001)
     sigma_data, timestep_scaling               boundary scalings (0.5, 10)
-    recon: {kind, mouth_weight}                the built-in real-data reconstruction term
-    weights: {name: weight}                    one weight per auxiliary term ("recon", "anchor" included)
+    aux: {name: {loss, inputs} or null}        auxiliary losses on the student's x0: ``loss`` a _target_
+                                               node, ``inputs`` {loss parameter: step tensor} (optional;
+                                               default: same name). ``recon``: the real-data
+                                               ``losses.reconstruction.LatentReconstruction``
+    weights: {name: weight}                    one weight per auxiliary term and ``anchor``
     anchor: {samples, steps}                   the optional trajectory anchor (see above)
     target, ema_decay                          ``make_target`` / ``ema_update``
 """
@@ -34,12 +46,15 @@ Config keys (``cfg``, a mapping or DictConfig; missing keys take ``DEFAULTS``):
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+import configs
 from student.consistency import SIGMA_DATA, TIMESTEP_SCALING, add_noise, solver_pairs
 from student.denoiser import DenoiserSettings, StudentDenoiser
 from student.sampler import video_noise
@@ -48,7 +63,7 @@ from teacher.sampler import GuidedTeacher, ddim_step, ddim_timesteps
 from teacher.sampler import alphas_cumprod as official_alphas_cumprod
 
 Batch = Mapping[str, torch.Tensor]
-AuxLoss = Callable[[torch.Tensor, Batch], torch.Tensor]
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Default noise for x_t: "mixed" (alpha 1), the teacher's own stage-2 training distribution.
 # Why: (1) LCD trusts the teacher's one-step DDIM target only where the teacher is accurate,
@@ -68,12 +83,11 @@ DEFAULTS: dict[str, Any] = {
     "mixed_noise_alpha": 1.0,
     "w_min": 1.0,
     "w_max": 2.0,
-    "loss": "huber",
-    "huber_c": 0.001,
+    "consistency": {"_target_": "losses.consistency.PseudoHuber", "c": 0.001},
     "sigma_data": SIGMA_DATA,
     "timestep_scaling": TIMESTEP_SCALING,
-    "recon": {"kind": "mse", "mouth_weight": 1.0},
-    "weights": {"recon": 0.0, "anchor": 0.0},
+    "aux": {},
+    "weights": {"anchor": 0.0},
     "anchor": {"samples": 1, "steps": 4},
     "target": "auto",
     "ema_decay": 0.95,
@@ -84,50 +98,53 @@ def _opt(cfg: Mapping[str, Any] | None, key: str) -> Any:
     return DEFAULTS[key] if cfg is None else cfg.get(key, DEFAULTS[key])
 
 
-# --------------------------------------------------------------------------- losses, [B] each
-def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float = 0.001) -> torch.Tensor:
-    """mean over non-batch dims of sqrt((a - b)^2 + c^2) - c   (Song & Dhariwal 2023, eq. 6); [B].
-
-    Evaluated as d^2 / (sqrt(d^2 + c^2) + c), the same value without float32 cancellation for |d| << c.
-    """
-    d2 = (a.float() - b.float()) ** 2
-    return (d2 / (torch.sqrt(d2 + c**2) + c)).flatten(1).mean(1)
+# --------------------------------------------------------------------------- losses, built once
+STEP_TENSORS = ("x0", "x0_frames")  # the step's own tensor names; batch keys must not take them
 
 
-def l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """mean over non-batch dims of (a - b)^2; [B]."""
-    return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+@dataclass(frozen=True)
+class AuxTerm:
+    """An auxiliary loss and where its inputs come from: {loss parameter: step tensor name}."""
+
+    loss: Callable[..., torch.Tensor]
+    inputs: Mapping[str, str]
+    required: tuple[str, ...]  # parameters without a default
+
+    @classmethod
+    def of(cls, loss: Callable[..., torch.Tensor], inputs: Mapping[str, str] | None = None) -> AuxTerm:
+        """Read the parameters from ``loss``'s call signature (``forward`` for a module); ``inputs`` renames
+        some of them to other step tensors, the rest take the tensor of their own name."""
+        params = list(inspect.signature(loss.forward if isinstance(loss, nn.Module) else loss).parameters.values())
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) for p in params):
+            raise TypeError(f"auxiliary loss {loss!r} must name its inputs (no *args, **kwargs or positional-only)")
+        renamed = dict(inputs or {})
+        unknown = sorted(set(renamed) - {p.name for p in params})
+        if unknown:
+            raise TypeError(f"inputs {unknown} are not parameters of {loss!r} ({[p.name for p in params]})")
+        mapping = {p.name: str(renamed.get(p.name, p.name)) for p in params}
+        return cls(loss, mapping, tuple(p.name for p in params if p.default is p.empty))
 
 
-class ReconLoss:
-    """Real-data supervision of the student's x0: weighted mean of |x0 - latents|^p over C, F, h, w; [B].
+@dataclass(frozen=True)
+class StepLosses:
+    """What ``distill_step`` computes: the consistency distance d(a, b) -> [B] and {name: AuxTerm}."""
 
-    kind: "mse" (p = 2) or "l1" (p = 1). mouth_weight: weight of the generated region (mask == 0,
-    the mouth) relative to the kept region (mask == 1); 1 = uniform.
-    """
-
-    def __init__(self, kind: str = "mse", mouth_weight: float = 1.0):
-        if kind not in ("mse", "l1"):
-            raise ValueError(f"recon kind must be 'mse' or 'l1', got {kind!r}")
-        self.p = 2 if kind == "mse" else 1
-        self.mouth_weight = float(mouth_weight)
-
-    def __call__(self, x0: torch.Tensor, batch: Batch) -> torch.Tensor:
-        err = (x0.float() - batch["latents"].float()).abs() ** self.p  # [B, 4, F, h, w]
-        mouth = 1.0 - batch["mask"].float()  # [B, 1, F, h, w], 1 inside the mouth
-        weight = (1.0 + (self.mouth_weight - 1.0) * mouth).expand_as(err)
-        return (weight * err).flatten(1).sum(1) / weight.flatten(1).sum(1)
+    consistency: Distance
+    aux: Mapping[str, AuxTerm] = field(default_factory=dict)
 
 
-def consistency_loss(cfg: Mapping[str, Any] | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The distance d(a, b) -> [B] named by ``cfg.loss``."""
-    name = _opt(cfg, "loss")
-    if name == "huber":
-        c = float(_opt(cfg, "huber_c"))
-        return lambda a, b: pseudo_huber(a, b, c)
-    if name == "l2":
-        return l2
-    raise ValueError(f"loss must be 'huber' or 'l2', got {name!r}")
+def build_losses(cfg: Mapping[str, Any] | None) -> StepLosses:
+    """Build ``cfg.consistency`` and the ``loss`` of every non-null ``cfg.aux`` entry with
+    ``configs.instantiate``, once. Raises ValueError for an aux entry without a ``loss`` node."""
+    consistency = configs.instantiate(_opt(cfg, "consistency"))
+    aux = {}
+    for name, node in (_opt(cfg, "aux") or {}).items():
+        if node is None:
+            continue
+        if not isinstance(node, Mapping) or "loss" not in node:
+            raise ValueError(f"cfg.aux.{name} must be {{loss: <_target_ node>, inputs: {{...}}}}, got {node!r}")
+        aux[str(name)] = AuxTerm.of(configs.instantiate(node["loss"]), node.get("inputs"))
+    return StepLosses(consistency, aux)
 
 
 # --------------------------------------------------------------------------- pieces of the step
@@ -185,19 +202,36 @@ def teacher_trajectory(
 
 
 def _aux_terms(
-    x0: torch.Tensor, batch: Batch, cfg: Mapping[str, Any] | None, aux_losses: Mapping[str, AuxLoss] | None
+    x0: torch.Tensor,
+    batch: Batch,
+    cfg: Mapping[str, Any] | None,
+    aux: Mapping[str, AuxTerm],
+    decode: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> dict[str, tuple[float, torch.Tensor]]:
-    """{name: (weight, value [B])} for the built-in ``recon`` and every given auxiliary loss."""
+    """{name: (weight, value [B])} for every auxiliary term; x0 is decoded once when a term takes ``x0_frames``."""
     weights = dict(DEFAULTS["weights"], **dict(_opt(cfg, "weights") or {}))
-    recon_cfg = dict(DEFAULTS["recon"], **dict(_opt(cfg, "recon") or {}))
-    losses: dict[str, AuxLoss] = {"recon": ReconLoss(**recon_cfg), **dict(aux_losses or {})}
+    missing = [name for name in aux if name not in weights]
+    if missing:
+        raise KeyError(f"auxiliary loss(es) {missing} have no weight in cfg.weights")
+    clash = [k for k in STEP_TENSORS if k in batch]
+    if clash:
+        raise ValueError(f"batch keys {clash} are the step's own tensor names")
+    tensors: dict[str, torch.Tensor] = {**batch, "x0": x0}
+    frame_terms = [name for name, term in aux.items() if "x0_frames" in term.inputs.values()]
+    if frame_terms:
+        if decode is None:
+            raise ValueError(f"auxiliary loss(es) {frame_terms} take x0_frames: pass decode (latents -> frames)")
+        need_grad = torch.is_grad_enabled() and any(float(weights[name]) != 0.0 for name in frame_terms)
+        with torch.set_grad_enabled(need_grad):
+            tensors["x0_frames"] = decode(x0)  # [B, 3, F, H, W], once for every pixel loss
     terms = {}
-    for name, fn in losses.items():
-        if name not in weights:
-            raise KeyError(f"auxiliary loss {name!r} has no weight in cfg.weights")
+    for name, term in aux.items():
+        absent = {k: term.inputs[k] for k in term.required if term.inputs[k] not in tensors}
+        if absent:
+            raise KeyError(f"auxiliary loss {name!r} takes {absent}, not among the step's tensors {sorted(tensors)}")
         weight = float(weights[name])
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):  # weight 0: reported only
-            value = fn(x0, batch)
+            value = term.loss(**{k: tensors[src] for k, src in term.inputs.items() if src in tensors})
         if value.shape != (x0.shape[0],):
             raise ValueError(f"auxiliary loss {name!r} must return one value per sample [B], got {tuple(value.shape)}")
         terms[name] = (weight, value.float())
@@ -211,9 +245,10 @@ def distill_step(
     teacher: nn.Module,
     batch: Batch,
     cfg: Mapping[str, Any] | None = None,
-    aux_losses: Mapping[str, AuxLoss] | None = None,
+    losses: StepLosses | None = None,
     generator: torch.Generator | None = None,
     alphas_cumprod: torch.Tensor | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The LCD loss on one batch; the caller runs backward and the optimizer, then ``ema_update``.
 
@@ -224,10 +259,14 @@ def distill_step(
         batch: ``latents`` [B, 4, F, h, w] clean VAE latents of the real frames, ``mask``
             [B, 1, F, h, w] (1 = keep), ``masked_latents`` and ``ref_latents`` [B, 4, F, h, w],
             ``audio_embeds`` [B, F, 50, 384].
-        cfg: see the module docstring. aux_losses: {name: fn(x0_student, batch) -> [B]}, each
-            weighted by ``cfg.weights[name]`` (weight 0: computed without gradient,
-            reported only). generator: draws n, eps and w (on the generator's device).
+        cfg: see the module docstring.
+        losses: ``build_losses(cfg)``, built once by the caller (None: built here, for one-off calls).
+            Each auxiliary term is weighted by ``cfg.weights[name]`` (weight 0: computed without
+            gradient, reported only).
+        generator: draws n, eps and w (on the generator's device).
         alphas_cumprod: alpha_bar [T] (default: the teacher's official schedule).
+        decode: latents [B, 4, F, h, w] -> frames [B, 3, F, H, W] (the VAE decoder); needed only when
+            an auxiliary loss takes ``x0_frames``.
 
     Returns:
         ``loss`` (scalar, differentiable) and detached scalars: ``consistency``, one entry per
@@ -235,6 +274,7 @@ def distill_step(
     """
     if any(p.requires_grad for p in teacher.parameters()):
         raise ValueError("the teacher must be frozen (teacher.freeze) before distillation")
+    losses = build_losses(cfg) if losses is None else losses
     latents = batch["latents"]
     b, dev = latents.shape[0], latents.device
     acp = (official_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).to(dev)
@@ -264,17 +304,17 @@ def distill_step(
     with torch.no_grad():
         x0_target = f_target(x_s, s, cond, audio, w)
 
-    per_sample = consistency_loss(cfg)(x0_student, x0_target)  # [B]
+    per_sample = losses.consistency(x0_student, x0_target)  # [B]
     out: dict[str, torch.Tensor] = {"consistency": per_sample.detach().mean()}
     total = per_sample
     if n_anchor:
         x0_anchor = teacher_trajectory(teacher, x_t[:n_anchor], cond[:n_anchor], audio[:n_anchor], int(t[0]),
                                        int(anchor_cfg["steps"]), w[:n_anchor], acp)  # fmt: skip
         anchor = torch.zeros_like(per_sample)
-        anchor[:n_anchor] = consistency_loss(cfg)(x0_student[:n_anchor], x0_anchor)
+        anchor[:n_anchor] = losses.consistency(x0_student[:n_anchor], x0_anchor)
         out["anchor"] = anchor[:n_anchor].detach().mean()
         total = total + anchor_weight * anchor
-    for name, (weight, value) in _aux_terms(x0_student, batch, cfg, aux_losses).items():
+    for name, (weight, value) in _aux_terms(x0_student, batch, cfg, losses.aux, decode).items():
         out[name] = value.detach().mean()
         if weight != 0.0:
             total = total + weight * value

@@ -1,5 +1,6 @@
 """The LCD step: gradients only where they belong, the teacher's guided DDIM target, noise modes,
-loss closed forms, auxiliary terms, the EMA target, and a tiny run whose loss goes down."""
+losses built once from the config and wired to the step's tensors (frames decoded once), the EMA target, and a tiny
+run whose loss goes down. The losses' closed forms are in tests/losses."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import configs
 from distill.step import (
-    ReconLoss,
+    AuxTerm,
+    StepLosses,
+    build_losses,
     distill_step,
     ema_update,
-    l2,
     make_target,
-    pseudo_huber,
 )
+from losses.consistency import L2, PseudoHuber
+from losses.reconstruction import LatentReconstruction
 from student.model import StudentUNet
 from teacher.sampler import alphas_cumprod
 from tests.student import B, rel_err, tiny_batch, tiny_teacher
 
-CFG = {"weights": {"recon": 0.5}, "recon": {"kind": "mse", "mouth_weight": 4.0}}
+RECON = {"loss": {"_target_": "losses.reconstruction.LatentReconstruction", "power": 2, "mouth_weight": 4.0}}
+CFG = {"weights": {"recon": 0.5}, "aux": {"recon": RECON}}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +52,7 @@ class Spy:
     """Records (args, output) of every forward call of a module."""
 
     def __init__(self, module):
+        self.module = module
         self.calls = []
         self._pending = None
         self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
@@ -151,47 +157,137 @@ def test_noise_modes_inside_the_step(teacher, student, mode):
 
 
 # ------------------------------------------------------------------ losses
-def test_pseudo_huber_and_l2_closed_form():
-    a = torch.zeros(2, 1, 1, 2, 2)
-    b = torch.zeros(2, 1, 1, 2, 2)
-    b[0] = 3.0  # d = 3 everywhere in sample 0, 0 in sample 1
-    out = pseudo_huber(a, b, c=4.0)
-    assert out.shape == (2,)
-    torch.testing.assert_close(out, torch.tensor([math.sqrt(9 + 16) - 4.0, 0.0]))
-    assert pseudo_huber(a, b).tolist()[0] == pytest.approx(3.0, abs=1e-3)  # ~|d| for small c
-    assert pseudo_huber(a, b * 1e-4, c=1.0)[0].item() == pytest.approx(0.5 * (3e-4) ** 2, rel=1e-3)  # ~d^2/(2c)
-    torch.testing.assert_close(l2(a, b), torch.tensor([9.0, 0.0]))
+def test_build_losses_from_the_presets():
+    for preset, mouth in (("distill/tiny", 1.0), ("distill/toy", 4.0)):
+        cfg = configs.load(preset).distill
+        losses = build_losses(cfg)
+        assert isinstance(losses.consistency, PseudoHuber) and losses.consistency.c == 0.001
+        recon = losses.aux["recon"]
+        assert isinstance(recon.loss, LatentReconstruction) and recon.loss.mouth_weight == mouth
+        assert recon.inputs == {"x0": "x0", "latents": "latents", "mask": "mask"}
+        assert recon.required == ("x0", "latents", "mask")
+        assert set(losses.aux) <= set(cfg.weights)  # every term has its weight
+    assert configs.load("distill/tiny").distill.weights.recon == 1.0  # LatentSync's stage-2 recon weight
+    off = build_losses(configs.load("distill/tiny", ["distill.aux.recon=null"]).distill)
+    assert off.aux == {}
+    default = build_losses(None)
+    assert isinstance(default.consistency, PseudoHuber) and default.consistency.c == 0.001 and default.aux == {}
 
 
-def test_recon_loss_mouth_weight_closed_form():
-    latents = torch.zeros(1, 4, 1, 2, 2)
-    mask = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 1, 2, 2)  # lower row = mouth
-    x0 = torch.zeros(1, 4, 1, 2, 2)
-    x0[..., 1, :] = 2.0  # error only inside the mouth
-    batch = {"latents": latents, "mask": mask}
-    assert ReconLoss("mse")(x0, batch).item() == pytest.approx(4.0 * 2 / 4)  # uniform mean
-    assert ReconLoss("mse", mouth_weight=3.0)(x0, batch).item() == pytest.approx(3 * 4.0 * 2 / (2 + 3 * 2))
-    assert ReconLoss("l1", mouth_weight=3.0)(x0, batch).item() == pytest.approx(3 * 2.0 * 2 / (2 + 3 * 2))
-    with pytest.raises(ValueError):
-        ReconLoss("huber")
+def test_consistency_and_recon_go_through_the_built_losses(teacher, student, batch):
+    """The step's numbers are the losses' own: the distance on (student x0, target x0), the reported recon
+    term and its weight."""
+    recon = LatentReconstruction(2, mouth_weight=4.0)
+    spy = Spy(student)  # online target: the student's call, then the target's
+    plain = distill_step(student, student, teacher, batch, {}, StepLosses(L2()), generator=_gen(4))
+    spy.remove()
+    x0, x0_target = student_x0(spy, batch, 0), student_x0(spy, batch, 1)
+    assert set(plain) == {"loss", "consistency", "t_mean", "w_mean"}
+    torch.testing.assert_close(plain["consistency"], L2()(x0, x0_target).mean())
+    huber = distill_step(student, student, teacher, batch, {}, StepLosses(PseudoHuber(0.01)), generator=_gen(4))
+    torch.testing.assert_close(huber["consistency"], PseudoHuber(0.01)(x0, x0_target).mean())
+    aux = {"recon": AuxTerm.of(recon)}
+    out = distill_step(student, student, teacher, batch, {"weights": {"recon": 2.0}}, StepLosses(L2(), aux),
+                       generator=_gen(4))  # fmt: skip
+    torch.testing.assert_close(out["consistency"], plain["consistency"])
+    torch.testing.assert_close(out["recon"], recon(x0, batch["latents"], batch["mask"]).mean())
+    torch.testing.assert_close(out["loss"], plain["loss"] + 2.0 * out["recon"])
+    l2_cfg = {**CFG, "consistency": {"_target_": "losses.consistency.L2"}}
+    from_cfg = distill_step(student, student, teacher, batch, l2_cfg, generator=_gen(4))  # one-off build from cfg
+    torch.testing.assert_close(from_cfg["recon"], out["recon"])
+    torch.testing.assert_close(from_cfg["loss"], plain["loss"] + 0.5 * out["recon"])
+
+
+def student_x0(spy: Spy, batch, call: int = 0) -> torch.Tensor:
+    """x0 recomputed from a recorded call of the student (same inputs, unchanged weights)."""
+    from student.denoiser import DenoiserSettings, StudentDenoiser
+
+    args, _ = spy.calls[call]
+    x_t, t, cond, w = args[0][:, :4], args[1], args[0][:, 4:], args[3]
+    with torch.no_grad():
+        return StudentDenoiser(spy.module, DenoiserSettings.from_mapping({}), alphas_cumprod())(
+            x_t, t, cond, batch["audio_embeds"], w
+        )
 
 
 def test_auxiliary_losses_are_weighted_and_checked(teacher, student, batch):
-    cfg = {"loss": "l2", "weights": {"recon": 0.0, "sync": 0.5}}
-    aux = {"sync": lambda x0, b: torch.tensor([1.0, 3.0])}
-    plain = distill_step(student, student, teacher, batch, {"loss": "l2"}, generator=_gen(4))
-    with_aux = distill_step(student, student, teacher, batch, cfg, aux_losses=aux, generator=_gen(4))
+    cfg = {"weights": {"sync": 0.5}}
+
+    def sync(x0):
+        return torch.tensor([1.0, 3.0])
+
+    plain = distill_step(student, student, teacher, batch, {}, StepLosses(L2()), generator=_gen(4))
+    with_aux = distill_step(student, student, teacher, batch, cfg, StepLosses(L2(), {"sync": AuxTerm.of(sync)}),
+                            generator=_gen(4))  # fmt: skip
     assert with_aux["sync"].item() == 2.0
     torch.testing.assert_close(with_aux["consistency"], plain["consistency"])
     torch.testing.assert_close(with_aux["loss"], plain["loss"] + 0.5 * 2.0)
-    recon = distill_step(student, student, teacher, batch, {"loss": "l2", "weights": {"recon": 2.0}},
-                         generator=_gen(4))  # fmt: skip
-    torch.testing.assert_close(recon["loss"], plain["loss"] + 2.0 * plain["recon"])
     with pytest.raises(KeyError, match="no weight"):
-        distill_step(student, student, teacher, batch, {}, aux_losses=aux, generator=_gen(4))
-    bad = {"sync": lambda x0, b: torch.tensor(1.0)}
+        distill_step(student, student, teacher, batch, {}, StepLosses(L2(), {"sync": AuxTerm.of(sync)}))
+    bad = StepLosses(L2(), {"sync": AuxTerm.of(lambda x0: torch.tensor(1.0))})
     with pytest.raises(ValueError, match="one value per sample"):
-        distill_step(student, student, teacher, batch, cfg, aux_losses=bad, generator=_gen(4))
+        distill_step(student, student, teacher, batch, cfg, bad, generator=_gen(4))
+    unknown = StepLosses(L2(), {"sync": AuxTerm.of(lambda x0, mel: x0.flatten(1).mean(1))})
+    with pytest.raises(KeyError, match="takes \\{'mel': 'mel'\\}"):
+        distill_step(student, student, teacher, batch, cfg, unknown, generator=_gen(4))
+    with pytest.raises(TypeError, match="name its inputs"):
+        AuxTerm.of(lambda *tensors: tensors[0])
+    with pytest.raises(TypeError, match="not parameters"):
+        AuxTerm.of(sync, {"frames": "x0_frames"})
+    with pytest.raises(ValueError, match="step's own"):
+        distill_step(student, student, teacher, {**batch, "x0": batch["latents"]}, cfg,
+                     StepLosses(L2(), {"sync": AuxTerm.of(sync)}), generator=_gen(4))  # fmt: skip
+    with pytest.raises(ValueError, match="loss: <_target_ node>"):
+        build_losses({"aux": {"recon": RECON["loss"]}})  # a bare loss node, not {loss, inputs}
+
+
+class FrameMean(torch.nn.Module):
+    """A stand-in pixel loss (a module, as a SyncNet-based loss may be): scale * mean of frames; [B]."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, frames: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scale * frames.flatten(1).mean(1)
+
+
+def test_frames_are_decoded_once_for_every_pixel_loss(teacher, student, batch):
+    calls = []
+
+    def decode(z):  # [B, 4, F, h, w] -> [B, 3, F, 2h, 2w], differentiable
+        calls.append(z.detach().clone())
+        return torch.nn.functional.interpolate(z[:, :3], scale_factor=(1, 2, 2))
+
+    aux = {
+        "a": AuxTerm.of(FrameMean(1.0), {"frames": "x0_frames"}),
+        "b": AuxTerm.of(FrameMean(3.0), {"frames": "x0_frames"}),
+        "recon": AuxTerm.of(LatentReconstruction()),
+    }
+    cfg = {"weights": {"a": 1.0, "b": 0.0, "recon": 0.0}}
+    losses = StepLosses(L2(), aux)
+    spy = Spy(student)
+    out = distill_step(student, student, teacher, batch, cfg, losses, generator=_gen(6), decode=decode)
+    spy.remove()
+    assert len(calls) == 1  # one decode, two pixel losses
+    x0 = student_x0(spy, batch)
+    torch.testing.assert_close(calls[0], x0)
+    want = decode(x0).flatten(1).mean(1).mean()
+    torch.testing.assert_close(out["a"], want)
+    torch.testing.assert_close(out["b"], 3.0 * want)
+    out["loss"].backward()  # the weighted pixel term carries gradient back through decode into the student
+    assert student.guidance_embedding.linear.weight.grad.abs().sum() > 0
+    real = {**batch, "frames": torch.full((B, 3, *batch["latents"].shape[2:]), 7.0)}  # real frames in the batch
+    by_name = StepLosses(L2(), {"a": AuxTerm.of(FrameMean(1.0)), "b": aux["b"], "recon": aux["recon"]})
+    mixed = distill_step(student, student, teacher, real, cfg, by_name, generator=_gen(6), decode=decode)
+    assert mixed["a"].item() == 7.0  # un-renamed "frames" are the batch's real frames
+    torch.testing.assert_close(mixed["b"].detach(), out["b"].detach())
+    with pytest.raises(ValueError, match="take x0_frames"):
+        distill_step(student, student, teacher, batch, cfg, losses, generator=_gen(6))
+    calls.clear()
+    latent_only = StepLosses(L2(), {"recon": aux["recon"]})
+    distill_step(student, student, teacher, batch, cfg, latent_only, generator=_gen(6), decode=decode)
+    assert calls == []  # no pixel loss: nothing decoded
 
 
 # ------------------------------------------------------------------ target network
