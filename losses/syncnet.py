@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention import FeedForward
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["StableSyncNet", "SyncNetCheckpointError", "load_syncnet", "resolve_syncnet_config"]
+__all__ = ["StableSyncNet", "SyncNetCheckpointError", "load_syncnet", "resolve_syncnet_config", "window_embeddings"]
 
 ENCODER_KEYS = ("in_channels", "block_out_channels", "downsample_factors", "attn_blocks", "dropout")
 NORM_GROUPS = 32  # official: DownEncoder2D's default, never overridden by StableSyncNet
@@ -111,6 +110,32 @@ class Attention(nn.Module):
         return self.to_out[1](self.to_out[0](h))
 
 
+class GEGLU(nn.Module):
+    """``proj(x) = [h, g]`` -> ``h * gelu(g)`` (Shazeer 2020; diffusers' ``GEGLU``, exact GELU): [.., C] -> [.., C']."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, gate = self.proj(x).chunk(2, dim=-1)
+        return h * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """diffusers' ``FeedForward(dim, activation_fn="geglu")`` as upstream uses it: GEGLU to 4C, dropout, linear
+    back to C; parameter names ``net.0.proj``, ``net.2``. ``[B, N, C] -> [B, N, C]``."""
+
+    def __init__(self, dim: int, dropout: float = 0.0, mult: int = 4):
+        super().__init__()
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
 class AttentionBlock2D(nn.Module):
     """GroupNorm, 1x1 conv in, pre-LayerNorm self-attention and GEGLU feed-forward over the H*W tokens,
     1x1 conv out, plus the block input. ``[B, C, H, W] -> [B, C, H, W]``.
@@ -123,7 +148,7 @@ class AttentionBlock2D(nn.Module):
         self.norm1 = nn.GroupNorm(NORM_GROUPS, dim, eps=NORM_EPS, affine=True)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, dropout=dropout, activation_fn="geglu")
+        self.ff = FeedForward(dim, dropout=dropout)
         self.conv_in = nn.Conv2d(dim, dim, kernel_size=1)
         self.conv_out = nn.Conv2d(dim, dim, kernel_size=1)
         self.attn = Attention(dim, heads=ATTN_HEADS, dropout=dropout)
@@ -314,8 +339,9 @@ def load_syncnet(
             or any missing, unexpected or mis-shaped key (listed in one message; loading is strict).
     """
     cfg = resolve_syncnet_config(model_config)
-    try:
-        net = StableSyncNet(cfg, gradient_checkpointing=gradient_checkpointing)
+    try:  # with a checkpoint, build on the meta device: no random init of 400 M weights that are replaced anyway
+        with torch.device("meta" if ckpt_path is not None else "cpu"):
+            net = StableSyncNet(cfg, gradient_checkpointing=gradient_checkpointing)
     except (TypeError, ValueError) as err:
         if isinstance(err, SyncNetCheckpointError):
             raise
@@ -326,7 +352,44 @@ def load_syncnet(
         if problems:
             raise SyncNetCheckpointError(f"SyncNet checkpoint {ckpt_path} does not match the config: "
                                          + "; ".join(problems))
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(state, strict=True, assign=True)
+        dtype = dtype or torch.float32  # as a copy into float32 parameters would give
     if dtype is not None:
         net.to(dtype=dtype)
     return net.to(device).eval()
+
+
+@torch.no_grad()
+def window_embeddings(net: StableSyncNet, faces: torch.Tensor, mel: torch.Tensor, num_frames: int,
+                      fps: float = 25.0, lower_half: bool = True, batch_size: int = 8
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame StableSyncNet embeddings of a clip, for the LSE metrics (``losses.sync.sync_scores``).
+
+    Window ``t`` = faces ``t .. t + F - 1`` (lower halves, frame-major channels) against the mel
+    window of the same frames (``losses.mel.mel_window``); windows run while both fit.
+
+    Args:
+        faces: ``[T, 3, R, R]`` aligned faces in [-1, 1] at the network's resolution.
+        mel: ``[80, M]`` ``losses.mel.syncnet_mel`` of the clip's audio.
+    Returns ``(video [N, C], audio [N, C])`` float32 on the CPU. Raises ValueError when no window fits.
+    """
+    from losses.mel import MEL_FPS, mel_window, mel_window_length
+
+    length = mel_window_length(num_frames, fps)
+    count = 0
+    while count + num_frames <= faces.shape[0] and int(MEL_FPS * (count / fps)) + length <= mel.shape[-1]:
+        count += 1
+    if count == 0:
+        raise ValueError(f"a {num_frames}-frame SyncNet window does not fit {faces.shape[0]} frames / "
+                         f"{mel.shape[-1]} mel frames")
+    param = next(net.parameters())
+    x = faces[:, :, faces.shape[2] // 2:] if lower_half else faces
+    vids, auds = [], []
+    for i in range(0, count, batch_size):
+        ts = range(i, min(count, i + batch_size))
+        images = torch.stack([x[t:t + num_frames].reshape(-1, *x.shape[2:]) for t in ts])   # [n, 3F, h, w]
+        mels = torch.stack([mel_window(mel, t, num_frames, fps) for t in ts])              # [n, 1, 80, L]
+        v, a = net(images.to(param.device, param.dtype), mels.to(param.device, param.dtype))
+        vids.append(v.float().cpu())
+        auds.append(a.float().cpu())
+    return torch.cat(vids), torch.cat(auds)

@@ -52,6 +52,17 @@ def _teacher_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_sync(args: argparse.Namespace) -> int:
+    from inference.eval_sync import eval_sync
+
+    try:
+        report = eval_sync(args.video, args.audio, args.syncnet, args.config, args.device)
+    except USER_ERRORS as err:  # a missing file, no face, too short, a checkpoint of another network
+        return _fail(err)
+    print(report.summary())
+    return 0
+
+
 TOY_STUDENT = Path(__file__).resolve().parent.parent / "assets" / "toy_student"
 
 
@@ -368,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="stored precision of the weights (half weights run in float32 on a CPU)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("eval", help="measure outputs")
+    eval_sub = _with_defaults_shown(p.add_subparsers(dest="eval_command", required=True))
+    p = eval_sub.add_parser("sync", help="audio-visual offset, LSE-C and LSE-D of a face video (SyncNet, +-15 frames)")
+    p.add_argument("video", help="video with a face")
+    p.add_argument("--audio", default=None, help="audio file (default: the video's own audio track)")
+    p.add_argument("--syncnet", default=None, help="syncnet_v2.model (original SyncNet) or stable_syncnet.pt "
+                   "(default: files.syncnet of --config)")
+    p.add_argument("--config", default="syncnet/stable_syncnet_16",
+                   help="StableSyncNet preset or YAML: its model and window (unused for syncnet_v2.model)")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.set_defaults(func=_eval_sync)
     return parser
 
 
