@@ -328,7 +328,8 @@ def load_syncnet(
             (``audio_encoder.conv_in.weight``, ...); ``None`` keeps the fresh random weights
             (a network that must be trained before it means anything).
         model_config: the ``model:`` section (mapping) or a path to a YAML holding it.
-        device, dtype: where the weights live. gradient_checkpointing: see ``StableSyncNet``.
+        device, dtype: where the weights live and their type (None: float32, whatever the file stores).
+        gradient_checkpointing: see ``StableSyncNet``.
 
     Returns the network in eval mode. Its parameters keep ``requires_grad``: freeze it where
     it is used as a loss (``.requires_grad_(False)``).
