@@ -16,8 +16,8 @@ Here the warp and the resize are one 2x3 ``matrix`` (frame pixel -> crop pixel),
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from teacher.face_backends import (
     BackendUnavailableError,
     FaceAlignmentLandmarker,
+    FaceCandidate,
     FaceLandmarker,
     InsightFaceLandmarker,
     MediaPipeLandmarker,
@@ -32,6 +33,7 @@ from teacher.face_backends import (
 
 __all__ = [
     "FILL_VALUE",
+    "AlignState",
     "AlignedFace",
     "BackendUnavailableError",
     "FaceAligner",
@@ -39,7 +41,9 @@ __all__ = [
     "FaceLandmarker",
     "InsightFaceLandmarker",
     "MediaPipeLandmarker",
+    "SceneCut",
     "align_video",
+    "build_aligner",
     "crop_matrix",
     "face_template",
     "load_mask_image",
@@ -62,6 +66,88 @@ class AlignedFace:
     crop: np.ndarray
     matrix: np.ndarray
     landmarks: np.ndarray
+
+
+@dataclass(frozen=True)
+class SceneCut:
+    """When the translation smoothing restarts. A cut between two consecutive frames is a jump of the picture (mean
+    absolute difference of their 32 x 32 grey thumbnails above ``frame_diff`` levels: within a shot it stays under
+    ~2 on the synthetic world and the ``../shared/cases`` clips, between different shots it is ~5-35) or a jump of
+    the face (the nose anchor moves more than ``face_jump`` brow distances between two frames with a face, or the
+    brow distance changes by more than ``scale_jump`` times)."""
+
+    frame_diff: float = 12.0
+    face_jump: float = 0.5
+    scale_jump: float = 1.5
+
+
+@dataclass(frozen=True)
+class AlignState:
+    """What ``FaceAligner.align_step`` carries from frame to frame: the translation EMA (``bias``, None = restart),
+    the last face's anchors [3, 2] and the last frame's thumbnail (scene cuts), frames seen, cuts found, and whether
+    the several-faces choice has been stated."""
+
+    bias: np.ndarray | None = None
+    anchors: np.ndarray | None = None
+    thumb: np.ndarray | None = None
+    frame: int = 0
+    cuts: int = 0
+    stated: bool = False
+
+
+def _thumbnail(frame: np.ndarray) -> np.ndarray:
+    """32 x 32 grey float32 thumbnail (area average) of an RGB frame."""
+    grey = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _face_jumped(prev: np.ndarray, cur: np.ndarray, cut: SceneCut) -> bool:
+    """The face moved or resized too much for one frame (anchors [3, 2]: brow, brow, nose)."""
+    d0, d1 = (float(np.hypot(*(a[1] - a[0]))) for a in (prev, cur))
+    if min(d0, d1) <= 0:
+        return True
+    return bool(np.hypot(*(cur[2] - prev[2])) > cut.face_jump * d0 or max(d1 / d0, d0 / d1) > cut.scale_jump)
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def choose_face(faces: Sequence[FaceCandidate], choose) -> FaceCandidate | None:
+    """The face to lip-sync among ``faces`` (left to right): ``"largest"`` (LatentSync's rule), an int index
+    (0 = leftmost, -1 = rightmost; None when there are fewer faces), or a box (x1, y1, x2, y2) in frame px
+    (the face overlapping it most; None when none overlaps)."""
+    if not faces:
+        return None
+    if isinstance(choose, str):
+        return max(faces, key=lambda f: f.area)
+    if isinstance(choose, int):
+        return faces[choose] if -len(faces) <= choose < len(faces) else None
+    iou = [_box_iou(f.box, choose) for f in faces]
+    return faces[int(np.argmax(iou))] if max(iou) > 0 else None
+
+
+def parse_choice(choose) -> str | int | tuple[float, float, float, float]:
+    """``face.choose`` from a config or the command line: 'largest', an int (or its text), or 4 numbers (a list or
+    'x1,y1,x2,y2'). ValueError otherwise."""
+    if isinstance(choose, str) and choose.strip().lower() == "largest":
+        return "largest"
+    if isinstance(choose, str):
+        parts = [p for p in choose.replace("[", "").replace("]", "").split(",") if p.strip()]
+        choose = int(parts[0]) if len(parts) == 1 and parts[0].strip().lstrip("-").isdigit() else parts
+    if isinstance(choose, (int, np.integer)) and not isinstance(choose, bool):
+        return int(choose)
+    try:
+        box = tuple(float(v) for v in choose)
+    except (TypeError, ValueError):
+        box = ()
+    if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+        raise ValueError(f"face.choose must be 'largest', a face index (0 = leftmost) or a box [x1, y1, x2, y2] "
+                         f"with x2 > x1 and y2 > y1, got {choose!r}")  # fmt: skip
+    return box
 
 
 def face_template(resolution: int = 512) -> tuple[np.ndarray, tuple[int, int]]:
@@ -140,16 +226,21 @@ class FaceAligner:
     """Align faces to LatentSync's crop and paste generated crops back.
 
     ``align(frame)`` is stateless (it equals the first frame of a LatentSync run);
-    ``align_step(frame, state)`` threads the translation EMA explicitly for video.
+    ``align_step(frame, state)`` threads the translation EMA explicitly for video (an ``AlignState``).
     ``exact_resampling`` reproduces LatentSync's two resamplings (bilinear warp to the 3:4 crop,
     Lanczos resize); False does a single bilinear warp with ``matrix`` (faster).
+    ``choose``: which face when there are several (``choose_face``: "largest" as LatentSync, an index from the
+    left, or a box); the first frame with several faces logs one line saying which was taken.
+    ``scene_cut``: when the EMA restarts (``SceneCut``; None = never, as LatentSync).
     """
 
     def __init__(self, resolution: int = 512, landmarker: FaceLandmarker | None = None, *,
-                 smooth: bool = True, round_anchors: bool = True, exact_resampling: bool = True):
+                 smooth: bool = True, round_anchors: bool = True, exact_resampling: bool = True,
+                 choose="largest", scene_cut: SceneCut | None = SceneCut()):  # fmt: skip
         self.resolution = resolution
         self.landmarker = landmarker if landmarker is not None else MediaPipeLandmarker()
         self.smooth, self.round_anchors, self.exact_resampling = smooth, round_anchors, exact_resampling
+        self.choose, self.scene_cut = parse_choice(choose), scene_cut
         self.template, self.face_size = face_template(resolution)
         self.too_small: tuple[float, float] | None = None  # set by align_video
 
@@ -157,13 +248,44 @@ class FaceAligner:
         """RGB uint8 [H, W, 3] -> AlignedFace, or None when no face is found."""
         return self.align_step(frame, None)[0]
 
-    def align_step(self, frame: np.ndarray, state: np.ndarray | None
-                   ) -> tuple[AlignedFace | None, np.ndarray | None]:
-        """One video frame: (AlignedFace or None, new state). A faceless frame keeps the state."""
-        anchors = self.landmarker(frame)
+    def align_step(self, frame: np.ndarray, state: AlignState | np.ndarray | None
+                   ) -> tuple[AlignedFace | None, AlignState]:  # fmt: skip
+        """One video frame: (AlignedFace or None, new state). ``state`` None starts a clip (a bare EMA array is
+        taken as its bias). A faceless frame keeps the EMA; a scene cut (``self.scene_cut``: the picture or the
+        face jumps) restarts it, so the first face after a cut aligns as a clip's first frame."""
+        st = state if isinstance(state, AlignState) else AlignState(bias=state)
+        thumb = _thumbnail(frame) if self.scene_cut is not None else None
+        cut = st.thumb is not None and float(np.abs(thumb - st.thumb).mean()) > self.scene_cut.frame_diff
+        anchors, stated = self._pick(frame, st)
         if anchors is None:
-            return None, state
-        return self.align_anchors(frame, anchors, state)
+            keep = dict(bias=None, anchors=None) if cut else {}
+            return None, replace(st, thumb=thumb, frame=st.frame + 1, cuts=st.cuts + cut, stated=stated, **keep)
+        if not cut and self.scene_cut is not None and st.anchors is not None:
+            cut = _face_jumped(st.anchors, np.asarray(anchors, np.float64), self.scene_cut)
+        aligned, bias = self.align_anchors(frame, anchors, None if cut else st.bias)
+        return aligned, AlignState(bias, np.asarray(anchors, np.float64), thumb, st.frame + 1, st.cuts + cut, stated)
+
+    def _pick(self, frame: np.ndarray, st: AlignState) -> tuple[np.ndarray | None, bool]:
+        """Anchors of the chosen face (or None) and whether the choice has been stated."""
+        faces_of = getattr(self.landmarker, "faces", None)
+        if faces_of is None:  # a plain landmarker callable: one face or none
+            return self.landmarker(frame), st.stated
+        faces = faces_of(frame)
+        face = choose_face(faces, self.choose)
+        if len(faces) > 1 and not st.stated:
+            log.warning("%d faces in frame %d: %s (set face.choose to 'largest', a face index from the left, "
+                        "0 = leftmost, or a box [x1, y1, x2, y2] in px)",
+                        len(faces), st.frame, self._said(face))  # fmt: skip
+            return (face.anchors if face else None), True
+        return (face.anchors if face else None), st.stated
+
+    def _said(self, face: FaceCandidate | None) -> str:
+        where = "none matches" if face is None else "at box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*face.box)
+        if isinstance(self.choose, str):
+            return f"lip-syncing the largest, {where}"
+        if isinstance(self.choose, int):
+            return f"lip-syncing face {self.choose} from the left, {where}"
+        return "lip-syncing the face overlapping ({:.0f}, {:.0f}, {:.0f}, {:.0f}) most, ".format(*self.choose) + where
 
     def align_anchors(self, frame: np.ndarray, anchors: np.ndarray, state: np.ndarray | None = None
                       ) -> tuple[AlignedFace, np.ndarray | None]:
@@ -254,24 +376,38 @@ def _feather(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def align_video(frames: Iterable[np.ndarray], aligner: FaceAligner) -> list[AlignedFace | None]:
-    """Align every frame with the translation EMA carried across frames. A frame without a face
-    gives None and leaves the EMA state as it was; one warning at the end counts them (not one per frame) when
-    some frames do have a face. ``aligner.too_small`` is left at the largest face found but under the minimum box."""
+    """Align every frame with the translation EMA carried across frames (restarted at scene cuts). A frame without
+    a face gives None and leaves the EMA state as it was; one warning at the end counts them (not one per frame),
+    naming those whose face was turned away or in profile, when some frames do have a face.
+    ``aligner.too_small`` is left at the largest face found but under the minimum box."""
     out: list[AlignedFace | None] = []
     state = None
     small = None  # the largest face the landmarker found but rejected as too small
+    turned = 0  # faceless frames whose face was rejected for its geometry (profile, turned away)
     for frame in frames:
         face, state = aligner.align_step(frame, state)
         seen = getattr(aligner.landmarker, "too_small", None) if face is None else None
         if seen is not None and (small is None or seen[0] * seen[1] > small[0] * small[1]):
             small = seen
+        turned += face is None and bool(getattr(aligner.landmarker, "turned_away", False))
         out.append(face)
     aligner.too_small = small
     faceless = [i for i, a in enumerate(out) if a is None]
     if faceless and len(faceless) < len(out):  # none at all: the caller says so (its error or summary)
+        why = [f"{turned} turned away or in profile"] if turned else []
+        why += [too_small_message(aligner)] if small else []
         log.warning("no face in %d of %d frames (%s): passed through unedited%s", len(faceless), len(out),
-                    _ranges(faceless), "; " + too_small_message(aligner) if small else "")  # fmt: skip
+                    _ranges(faceless), "; " + "; ".join(why) if why else "")  # fmt: skip
     return out
+
+
+def build_aligner(resolution: int, small_faces: bool = False, choose="largest", scene_cut: bool = True) -> FaceAligner:
+    """The face aligner of a preset's ``face:`` section (``configs.instantiate``). ``small_faces``: find faces
+    under LatentSync's 50 x 80 px minimum (``MediaPipeLandmarker(small_faces=True)``); ``choose``: which face
+    when there are several ('largest', an index from the left or a box [x1, y1, x2, y2] in px; ValueError for
+    anything else); ``scene_cut``: restart the translation smoothing at scene cuts (``SceneCut()``)."""
+    landmarker = MediaPipeLandmarker(small_faces=bool(small_faces))
+    return FaceAligner(int(resolution), landmarker, choose=choose, scene_cut=SceneCut() if scene_cut else None)
 
 
 def too_small_message(aligner) -> str:

@@ -69,7 +69,7 @@ def build_teacher_parts(cfg, steps: int | None = None, device: str = "cpu") -> T
         unet=unet,
         vae=vae,
         whisper=whisper,
-        aligner=FaceAligner(resolution=res),
+        aligner=configs.instantiate(cfg.face) if "face" in cfg else FaceAligner(resolution=res),  # face: section
         mask=mask,
         timesteps=ddim_timesteps(n, sched.get("timestep_spacing", "leading"), steps_offset=sched["steps_offset"]),
         alphas_cumprod=alphas_cumprod(sched),
@@ -254,7 +254,7 @@ def _generate(
         )
         face = composite(parts.vae.decode(x0.float()), pixels, mask_px)  # keep pixels outside the mask
     faces = pixels_to_uint8(face[0].permute(1, 2, 3, 0)).cpu().numpy()
-    pasted = paste_faces([fr for _, fr, _ in chunk], faces, [a for _, _, a in chunk], parts.aligner)
+    pasted = paste_faces([fr for _, fr, _ in chunk], faces, [a for _, _, a in chunk], parts.aligner, mask=parts.mask)
     return dict(zip(idx, pasted))
 
 
