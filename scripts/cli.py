@@ -215,6 +215,21 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_syncnet(args: argparse.Namespace) -> int:
+    import configs
+    from distill.syncnet_train import train_syncnet
+
+    try:
+        cfg = configs.load(args.config, args.overrides)
+    except USER_ERRORS as err:
+        return _fail(err)
+    run = train_syncnet(cfg)
+    if run.acc.is_main_process:
+        print(f"trained a SyncNet for {run.state.step} steps: {run.out / 'syncnet.pt'} "
+              f"(held-out accuracy: {run.out / 'heldout.json'})")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from distill.export import ExportError, export_run
 
@@ -368,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="distill/tiny", help="preset name (distill/tiny) or YAML path")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (run.max_steps=100 ...)")
     p.set_defaults(func=_distill)
+
+    p = sub.add_parser("train-syncnet", help="train or adapt a StableSyncNet on in-sync / off-sync pairs "
+                       "(accelerate; resumes with `run.resume=auto`)")
+    p.add_argument("--config", default="syncnet/train_toy", help="preset name (syncnet/train_toy) or YAML path")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (run.max_steps=100 ...)")
+    p.set_defaults(func=_train_syncnet)
 
     p = sub.add_parser("export", help="write a run's student as a self-contained folder (weights, settings, "
                        "VAE, Whisper, mask)")
