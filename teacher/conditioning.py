@@ -112,12 +112,34 @@ def unet_input(x_t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     return torch.cat([x_t, cond], dim=1)
 
 
-def composite(decoded: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Generated pixels inside the mask, the original outside: ``clamp(decoded) * (1 - m) + pixels * m``.
+def composite(decoded: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor, matched: bool = True) -> torch.Tensor:
+    """Generated pixels inside the mask, the original outside: ``x * (1 - m) + pixels * m``, x = clamp(decoded).
 
-    decoded, pixels: ``[B, 3, F, R, R]`` in [-1, 1]; mask broadcastable, 1 = keep the original.
+    decoded, pixels: ``[B, 3, F, R, R]`` in [-1, 1]; mask broadcastable (``[..., R, R]``), 1 = keep the original.
+    ``matched`` (default): near the mask's edge the generated face takes the original's low frequencies, so its
+    colour meets the surroundings (two-band blending, Burt & Adelson 1983): x = clamp(decoded) + (1 - b) *
+    G_s(pixels - clamp(decoded)), G_s a Gaussian blur with s = R / 40 px, b the 0 -> 1 smoothstep over 2 R / 20 px
+    inside the edge (``paste_weight(mask, R / 10)``): the first R / 10 px get the original's colour under the
+    generated detail, deeper in (the mouth) x is the decoded face as it is. False: LatentSync's hard composite.
     """
-    return decoded.clamp(-1, 1) * (1 - mask) + pixels * mask
+    x = decoded.clamp(-1, 1)
+    if matched:
+        r = x.shape[-1]
+        b = paste_weight(mask.reshape(mask.shape[-2:]), feather=r / 10).to(x.device, x.dtype)
+        x = x + (1 - b) * _gaussian_blur(pixels.to(x.dtype) - x, r / 40)
+    return x * (1 - mask) + pixels * mask
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur over the last two dims of x (any leading shape), reflected at the borders."""
+    k = int(np.ceil(3 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-k, k + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    taps = taps / taps.sum()
+    shape = x.shape
+    y = x.reshape(-1, 1, *shape[-2:])
+    y = F.conv2d(F.pad(y, (k, k, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, k, k), mode="reflect"), taps.view(1, 1, -1, 1))
+    return y.reshape(shape)
 
 
 def paste_weight(mask, feather: float | None = None) -> torch.Tensor:
