@@ -125,9 +125,17 @@ def composite(decoded: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor, m
     x = decoded.clamp(-1, 1)
     if matched:
         r = x.shape[-1]
-        b = paste_weight(mask.reshape(mask.shape[-2:]), feather=r / 10).to(x.device, x.dtype)
-        x = x + (1 - b) * _gaussian_blur(pixels.to(x.dtype) - x, r / 40)
+        x = x + (1 - _band_weight(mask, r / 10).to(x.device, x.dtype)) * _gaussian_blur(pixels.to(x.dtype) - x, r / 40)
     return x * (1 - mask) + pixels * mask
+
+
+def _band_weight(mask: torch.Tensor, feather: float) -> torch.Tensor:
+    """``paste_weight`` of every [R, R] image of ``mask`` (any leading shape; one computation when they are all
+    the same, as for LatentSync's fixed mask), shaped like ``mask``."""
+    images = mask.reshape(-1, *mask.shape[-2:])
+    if bool((images == images[:1]).all()):
+        return paste_weight(images[0], feather).to(mask.device).expand(mask.shape)
+    return torch.stack([paste_weight(m, feather) for m in images]).to(mask.device).reshape(mask.shape)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

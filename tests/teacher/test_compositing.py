@@ -50,6 +50,10 @@ def test_matched_composite_takes_the_originals_colour_only_near_the_edge():
     local = torch.nn.functional.avg_pool2d(out[0, :, 0], 3, 1, 1)  # the low band of the result
     assert (local[:, edge] - (-0.3)).abs().max() < 0.15  # near the edge: the original's level (hard: 0.6 off)
     assert ((out[0, :, 0] - local)[:, edge].abs().mean() - 0.1).abs() < 0.03  # the generated detail kept
+    per_frame = mask.expand(1, 1, 2, r, r).clone()  # masks of any leading shape, e.g. [B, 1, F, R, R]
+    assert torch.equal(composite(decoded, pixels, per_frame), out)
+    per_frame[0, 0, 1] = 1  # frame 1 keeps everything
+    assert torch.equal(composite(decoded, pixels, per_frame)[:, :, 1], pixels[:, :, 1])
 
 
 def _face_setup(res: int = 32):
