@@ -31,7 +31,7 @@ def default_teacher_preset() -> str:
 def _teacher_demo(args: argparse.Namespace) -> int:
     import configs
     from scripts.demo_inputs import demo_clip
-    from teacher.media import MediaError, read_audio
+    from teacher.media import MediaError, read_audio, read_audio_to_video_end
     from teacher.pipeline import run_teacher
 
     if args.steps is not None and args.steps < 1:
@@ -41,7 +41,8 @@ def _teacher_demo(args: argparse.Namespace) -> int:
         if args.video is None:
             frames, audio = demo_clip(None, args.audio, seconds=args.seconds, seed=args.seed)
         else:
-            frames, audio = args.video, read_audio(args.audio or args.video)
+            audio = read_audio(args.audio) if args.audio else read_audio_to_video_end(args.video)
+            frames = args.video
         report = run_teacher(cfg, frames, audio, args.out, steps=args.steps, seed=args.seed, device=args.device)
     except MediaError as err:  # names the file
         return _fail(str(err))

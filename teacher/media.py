@@ -35,7 +35,9 @@ __all__ = [
     "orient",
     "orientation_from_matrix",
     "read_audio",
+    "read_audio_to_video_end",
     "read_video",
+    "video_end",
     "write_video",
 ]
 
@@ -270,6 +272,40 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     if lead > 0:
         x = np.concatenate([np.zeros(round(lead * sample_rate), np.float32), x])
     return x
+
+
+def video_end(path: str | os.PathLike) -> float:
+    """Seconds from the file's start (its earliest stream) to the end of the video's last frame, the span
+    ``iter_video_frames`` covers (``ceil(end * fps)`` frames), read from packet timestamps without decoding."""
+    path = _check_exists(path)
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream (empty or audio-only file)")
+        stream = container.streams.video[0]
+        time_base, native = _frame_times(stream)
+        try:
+            packets = [p for p in container.demux(stream) if p.size]
+        except av.FFmpegError as e:
+            raise MediaError(f"{path}: corrupt video stream ({e})") from e
+        pts = [p.pts for p in packets if p.pts is not None]
+        if not packets:
+            raise MediaError(f"{path}: video stream has no frames")
+        if len(pts) < len(packets):  # no timestamps: frames at the native rate
+            return _stream_lead(container, stream) + len(packets) / native
+        t0 = _stream_start(stream)
+        t0 = min(pts) * time_base if t0 is None else t0
+        return float(max(pts) * time_base - t0) + _stream_lead(container, stream) + 1.0 / native
+    finally:
+        container.close()
+
+
+def read_audio_to_video_end(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+    """A video file's own audio (``read_audio``) with silence appended when the video outlasts it, so the
+    audio spans the later of the two streams' ends on the file's timeline. Errors as ``read_audio``."""
+    x = read_audio(path, sample_rate)
+    missing = round(video_end(path) * sample_rate) - len(x)
+    return np.concatenate([x, np.zeros(missing, np.float32)]) if missing > 0 else x
 
 
 class VideoReader:

@@ -89,7 +89,7 @@ class LipsyncResult:
     streamed to a file (``run_teacher``)."""
 
     frames: np.ndarray | None  # [T, H, W, 3] uint8
-    audio: np.ndarray  # float32, trimmed to the frames
+    audio: np.ndarray  # float32 16 kHz, T s: the frames, ceil(T * 25), cover it
     num_frames: int = 0
     faceless: list[int] = field(default_factory=list)  # passed through: no face found
     too_small: list[int] = field(default_factory=list)  # passed through: only a face under the minimum box
@@ -130,12 +130,16 @@ def as_source(video) -> VideoSource | nullcontext:
     return nullcontext(video) if isinstance(video, VideoSource) else VideoSource(video)
 
 
-def check_audio_length(features: WhisperWindows) -> int:
-    """Number of output frames; ValueError when the audio is shorter than one video frame."""
-    if features.num_frames == 0:
-        raise ValueError(f"audio of {len(features.audio)} samples is shorter than one video frame "
+def frame_features(whisper, audio: np.ndarray) -> WhisperWindows:
+    """Whisper features for ``ceil(T * 25)`` output frames of 16 kHz audio lasting T s: the official features
+    of the audio zero-padded to whole 640-sample frames. ValueError for audio shorter than one frame (40 ms)
+    or unusable (see ``WhisperWindows``)."""
+    x = np.asarray(audio)
+    if x.ndim == 1 and x.shape[0] < SAMPLES_PER_FRAME:
+        raise ValueError(f"audio of {x.shape[0]} samples is shorter than one video frame "
                          f"({SAMPLES_PER_FRAME} samples at 16 kHz)")  # fmt: skip
-    return features.num_frames
+    short = -x.shape[0] % SAMPLES_PER_FRAME if x.ndim == 1 else 0
+    return WhisperWindows(whisper, np.concatenate([x, np.zeros(short, x.dtype)]) if short else x)
 
 
 def lipsync_stream(
@@ -154,17 +158,17 @@ def lipsync_stream(
     frames to ``sink``, swapping in the chunk's edited frames. Whisper features are computed one
     30 s window at a time (``WhisperWindows``). Same outputs as processing the whole clip at once:
     chunks hold the next ``num_frames`` frames with a face, the noise and VAE draws come from one
-    generator in the same order. Raises ValueError when the audio is shorter than one video frame.
+    generator in the same order. Audio of T s gives ``ceil(T * 25)`` frames (``frame_features``); ValueError
+    when it is shorter than one video frame.
     """
     from tqdm import tqdm
 
     from teacher.face import too_small_message
     from teacher.sampler import repeated_noise
 
-    feats = features if features is not None else WhisperWindows(parts.whisper, audio)
-    n = check_audio_length(feats)
-    result = LipsyncResult(frames=None, audio=np.asarray(audio, dtype=np.float32)[: n * SAMPLES_PER_FRAME],
-                           num_frames=n)  # fmt: skip
+    feats = features if features is not None else frame_features(parts.whisper, audio)
+    n = feats.num_frames
+    result = LipsyncResult(frames=None, audio=np.asarray(audio, dtype=np.float32), num_frames=n)
     g = torch.Generator(device="cpu").manual_seed(seed)
     h = parts.resolution // parts.vae.scale_factor
     noise = repeated_noise((1, 4, parts.num_frames, h, h), g)  # one noise frame for the whole video
@@ -272,13 +276,12 @@ def run_teacher(
     out_path = Path(out_path)
     with as_source(video) as source:
         parts = build_teacher_parts(cfg, steps=steps, device=device)
-        features = WhisperWindows(parts.whisper, audio)  # checks the audio before anything is written
-        n = check_audio_length(features)
+        features = frame_features(parts.whisper, audio)  # checks the audio before any output
         created = [p for p in (out_path.parent, *out_path.parent.parents) if not p.exists()]
         out_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with VideoWriter(out_path, VIDEO_FPS, sample_rate=SAMPLE_RATE) as writer:
-                writer.write_audio(np.asarray(audio, dtype=np.float32)[: n * SAMPLES_PER_FRAME])
+                writer.write_audio(np.asarray(audio, dtype=np.float32))  # T s under ceil(T * 25) frames
                 result = lipsync_stream(parts, source, audio, writer.write, seed=seed, progress=progress,
                                         features=features)  # fmt: skip
         except BaseException:
