@@ -71,7 +71,7 @@ class SyncPairDataset(Dataset):
 
     Args:
         root: a prepared data folder (``shards/``).
-        window: the network's input window (``SyncWindow`` or its mapping).
+        window: the network's input window (``SyncWindow`` or its mapping; default: the official one).
         min_offset, max_offset: the range of ``|k|`` for negatives (frames); ``max_offset`` None = any.
         stride: frames between window starts.
         seed: item randomness (positive or negative, the offset).
@@ -84,7 +84,7 @@ class SyncPairDataset(Dataset):
     holds two windows the offsets allow.
     """
 
-    def __init__(self, root: str | Path, window: SyncWindow | Any, min_offset: int = 1,
+    def __init__(self, root: str | Path, window: SyncWindow | Any = SyncWindow(), min_offset: int = 1,
                  max_offset: int | None = None, stride: int = 1, seed: int = 0,
                  offsets: dict | str | Path | bool | None = None, min_confidence: float | None = None,
                  cache: bool = True):
