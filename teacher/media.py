@@ -250,9 +250,16 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
         duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
         rate = stream.codec_context.sample_rate or stream.rate or sample_rate
         max_pad = 2 * (stream.codec_context.frame_size or 0) / rate  # PCM: 0, nothing trimmed
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        # A downmix to mono must not be louder than its channels: ffmpeg normalises the mix (gains summing
+        # to 1, e.g. (L + R) / 2) only for integer output, as `ffmpeg -ac 1` writing LatentSync's wav does;
+        # float output adds each channel at -3 dB (+3 dB for L = R). So several channels go through s32.
+        mono = (stream.layout.nb_channels if stream.layout else 1) <= 1
+        resampler = av.AudioResampler(format="flt" if mono else "s32", layout="mono", rate=sample_rate)
+        nonfinite = 0
         try:
             for frame in container.decode(stream):
+                if not mono and frame.format.name.startswith(("flt", "dbl")):  # s32 would hide NaN / inf
+                    nonfinite += int((~np.isfinite(frame.to_ndarray())).sum())
                 frame.pts = None  # let the resampler count samples; broken pts must not drop audio
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
@@ -262,11 +269,13 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
             raise MediaError(f"{path}: corrupt audio stream ({e})") from e
     finally:
         container.close()
-    x = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    x = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    x = x.astype(np.float32, copy=False) if mono else (x / 2.0**31).astype(np.float32)
     if x.size == 0:
         raise MediaError(f"{path}: audio stream has no decodable samples")
-    if not np.isfinite(x).all():
-        raise MediaError(f"{path}: audio has {int((~np.isfinite(x)).sum())} NaN or infinite samples")
+    nonfinite += int((~np.isfinite(x)).sum())
+    if nonfinite:
+        raise MediaError(f"{path}: audio has {nonfinite} NaN or infinite samples")
     if duration is not None and 0 < x.size - round(duration * sample_rate) <= max_pad * sample_rate:
         x = x[: round(duration * sample_rate)]  # codec padding
     if lead > 0:
