@@ -150,11 +150,11 @@ class SyncRun:
     optimizer: Any
     scheduler: Any
     dataset: SyncPairDataset
-    heldout: SyncPairDataset | None
-    heldout_pairs: list
     out: Path
     state: ckpt.RunState
     scfg: DictConfig
+    window: SyncWindow
+    heldout: tuple[SyncPairDataset, list] | None = None   # built at the first evaluation
     batches: Any = None
     writer: Any = None
     resumed_from: Path | None = None
@@ -179,14 +179,10 @@ def setup(cfg: DictConfig) -> SyncRun:
             if cfg.data.get("heldout_root"):
                 ensure_sync_data(cfg.data.heldout_root, cfg.data.get("heldout_synthetic"), window)
         dataset = _dataset(cfg, Path(cfg.data.root), window, seed)
-    heldout, pairs = None, []
-    if cfg.data.get("heldout_root"):
-        heldout = configs.instantiate(cfg.data.dataset)(root=Path(cfg.data.heldout_root), window=window, seed=0)
-        pairs = heldout_pairs(heldout, cfg.data.get("heldout_windows"), seed=0)
     optimizer, scheduler = build_optimizer(list(net.parameters()), cfg.optim, int(cfg.run.max_steps))
     wrapped, optimizer = acc.prepare(net, optimizer)
-    run = SyncRun(cfg, acc, wrapped, optimizer, scheduler, dataset, heldout, pairs, out,
-                  ckpt.RunState(world_size=acc.num_processes), scfg)
+    run = SyncRun(cfg, acc, wrapped, optimizer, scheduler, dataset, out, ckpt.RunState(world_size=acc.num_processes),
+                  scfg, window)
     run.resumed_from = ckpt.resume_path(cfg.run.get("resume"), out / "checkpoints")
     if run.resumed_from is not None:
         load_checkpoint(run, run.resumed_from)
@@ -277,9 +273,13 @@ def train_syncnet(cfg: DictConfig) -> SyncRun:
 
 
 def _evaluate(run: SyncRun) -> dict[str, float] | None:
-    if run.heldout is None or not run.acc.is_main_process:
+    d = run.cfg.data
+    if not d.get("heldout_root") or not run.acc.is_main_process:
         return None
-    res = evaluate_pairs(run.plain, run.heldout, run.heldout_pairs, int(run.cfg.data.batch_size))
+    if run.heldout is None:  # the data set and its fixed pairs: evaluation only, seed 0
+        heldout = configs.instantiate(d.dataset)(root=Path(d.heldout_root), window=run.window, seed=0)
+        run.heldout = (heldout, heldout_pairs(heldout, d.get("heldout_windows"), seed=0))
+    res = evaluate_pairs(run.plain, *run.heldout, int(d.batch_size))
     _record(run, "heldout.jsonl", res, "heldout")
     return res
 
