@@ -9,6 +9,7 @@ memory a run allocates (tracemalloc; the whole-clip pipeline held every decoded 
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import numpy as np
@@ -171,3 +172,29 @@ def test_a_longer_clip_does_not_raise_the_peak(parts, tmp_path):
         peaks.append(_numpy_peak(parts, path, clip.audio[: k * 640]))
     peaks = peaks[1:]
     assert peaks[1] < peaks[0] + 3e6, f"peak {peaks[0] / 1e6:.1f} MB at 1 s, {peaks[1] / 1e6:.1f} MB at 4 s"
+
+
+def test_prepare_streams_shards_and_counts_every_frame(gappy_clip, tmp_path):
+    """Faces at 0-2, 5-17 and 30-39 (40 frames): the two long runs become shards as they stream, the
+    3-frame run is dropped, and the one summary line counts frames in shards and left out, by reason."""
+    from distill.data import PrepareConfig, prepare
+    from teacher.media import read_audio
+
+    path, _ = gappy_clip
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / path.name).write_bytes(path.read_bytes())
+    report = prepare(src, tmp_path / "out", PrepareConfig(resolution=64, min_frames=8))
+    shards = sorted((tmp_path / "out" / "shards").iterdir())
+    assert [s.name.split("_")[-1] for s in shards] == ["s000", "s001"]  # no temporary folder left
+    starts = [json.loads((s / "meta.json").read_text())["start_frame"] for s in shards]
+    frames = [len(read_video(s / "faces.mp4")[0]) for s in shards]
+    assert starts == [5, 30] and frames == [13, 10]
+    audio = read_audio(path)
+    np.testing.assert_array_equal(np.load(shards[1] / "audio.npy"), audio[30 * 640 : 40 * 640])
+    assert report.frames == 40 and report.shard_frames == 23
+    assert report.left_out == {"with no face": 14, "in face runs under 8 frames": 3}
+    line = report.summary().splitlines()[-1]
+    assert line.endswith(
+        "2 shards; 40 frames: 23 in shards, 17 left out (14 with no face, 3 in face runs under 8 frames)"
+    )
