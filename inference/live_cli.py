@@ -25,6 +25,8 @@ def add_stream_parser(sub, add_engine_options, default_student: str) -> None:
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port; the URL is printed)")
     p.add_argument("--sessions", type=int, default=2, help="sessions served at once (one engine process each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per engine process")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds of output delay on top of the engine's "
+                   "latency (buffering for a slow machine or network; voice and lips stay together)")
     add_engine_options(p)
     p.add_argument("overrides", nargs="*", help="engine config overrides key=value")
 
@@ -39,8 +41,8 @@ def stream_command(args: argparse.Namespace, options: dict, fail) -> int:
         return fail("nothing to do: give --out OUT.mp4 and/or --serve")
     if args.out is not None and args.out.is_dir():
         return fail(f"{args.out} is a folder; --out takes an .mp4 path")
-    if args.sessions < 1 or args.threads < 1:
-        return fail("--sessions and --threads must be at least 1")
+    if args.sessions < 1 or args.threads < 1 or not 0 <= args.delay <= 600:
+        return fail("--sessions and --threads must be at least 1, --delay 0-600 s")
     if not args.serve:
         from inference.live import stream_file
         from inference.run import load_engine_config
@@ -70,25 +72,28 @@ def stream_command(args: argparse.Namespace, options: dict, fail) -> int:
 
 
 def _serve_config(args, options: dict, tmp: str):
-    from inference.avatar import AvatarError, load_avatar, prepare_avatar
+    from inference.avatar import AvatarError, prepare_avatar
     from inference.live import output_latency
     from inference.live_server import ServeConfig
-    from inference.live_worker import WorkerSpec
+    from inference.live_worker import WorkerSpec, load_engine
     from inference.run import InputError, load_engine_config, load_student, read_audio_16k
 
-    cfg = load_engine_config(args.preset, args.overrides, **options)  # checked here: one error line, not N workers'
+    cfg = load_engine_config(args.preset, args.overrides, **options)  # checked here: one error line
     audio = None if args.mic else read_audio_16k(args.audio)
-    bundle = load_student(args.student)
+    options = {k: v for k, v in options.items() if v is not None}
     try:
+        bundle = None
         if args.avatar is not None:
-            avatar = load_avatar(args.avatar, bundle).path
+            avatar = args.avatar
         else:
             print("preparing the avatar ...", file=sys.stderr, flush=True)
+            bundle = load_student(args.student)
             avatar = prepare_avatar(args.video, tmp, bundle, progress=False).path
+        spec = WorkerSpec(str(args.student), str(avatar), args.preset, tuple(args.overrides), options,
+                          args.tiny_decoder, args.threads)  # fmt: skip
+        engine = load_engine(spec, bundle)
     except AvatarError as err:
         raise InputError(str(err)) from None
-    spec = WorkerSpec(str(args.student), str(avatar), args.preset, tuple(args.overrides),
-                      {k: v for k, v in options.items() if v is not None}, args.tiny_decoder, args.threads)  # fmt: skip
     jitter = 0.1
-    return ServeConfig(spec, output_latency(cfg, jitter), audio=audio, host=args.host, port=args.port,
-                       sessions=args.sessions, jitter=jitter, out=args.out)  # fmt: skip
+    return ServeConfig(spec, output_latency(cfg, jitter) + args.delay, audio=audio, host=args.host, port=args.port,
+                       sessions=args.sessions, jitter=jitter, out=args.out, engine=engine)  # fmt: skip

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -43,6 +44,7 @@ from inference.run import SAMPLE_RATE, InputError
 
 STATIC = Path(__file__).resolve().parent / "static"
 TICK = 0.01  # pacing loop period (s)
+RESYNC_FRAMES = 50  # an engine this many frames behind the output clock restarts at the live position
 
 
 @dataclass
@@ -58,14 +60,17 @@ class ServeConfig:
     jitter: float = 0.1
     max_message: int = 1 << 16
     out: Path | None = None
+    engine: Any = None  # ``live_worker.load_engine(spec)`` when already loaded
 
 
 class Pool:
-    """Engine workers, loaded once; a session borrows one and gives it back."""
+    """Engine workers, forked from one engine loaded here; a session borrows one and gives it back."""
 
-    def __init__(self, spec: WorkerSpec, size: int):
-        self.spec = spec
-        self.workers = [Worker(spec) for _ in range(size)]
+    def __init__(self, spec: WorkerSpec, size: int, engine=None):
+        from inference.live_worker import load_engine
+
+        self.engine = engine or load_engine(spec)
+        self.workers = [Worker(self.engine) for _ in range(size)]
         self.free: list[Worker] = []
 
     async def start(self) -> None:
@@ -75,9 +80,9 @@ class Pool:
         self.free = list(self.workers)
 
     def replace(self, broken: Worker) -> None:
-        """A worker that did not answer is killed; a fresh one joins the pool once loaded."""
+        """A worker that did not answer is killed; a fresh one joins the pool once it is up."""
         broken.close()
-        fresh = Worker(self.spec)
+        fresh = Worker(self.engine)
         self.workers[self.workers.index(broken)] = fresh
 
         async def join():
@@ -115,6 +120,12 @@ class Session:
         self.next_out = 0
         self.sent_log: list[tuple[float, str]] = []
         self.file_pos = 0
+        self.engine_frames = 0  # frames the engine returned (on time or not)
+        self.engine_base = 0  # output index of the engine's frame 0 (moves when the engine restarts)
+        self.engine_next = 0  # output index of the next frame the engine returns
+        self.skip = 0  # fed samples the engine does not get (up to its restart point)
+        self.resyncs = 0
+        self.last_level = "full"
         self.ended = asyncio.get_running_loop().create_future()
 
     # worker side ------------------------------------------------------------------------------------------
@@ -124,10 +135,14 @@ class Session:
                 msg = self.worker.conn.recv()
                 if msg[0] == "frames":
                     _, first, level, jpegs = msg
+                    self.engine_frames += len(jpegs)
                     for j, jpeg in enumerate(jpegs):
-                        if first + j >= self.next_out:  # a frame that missed its time is not sent late
-                            self.ready[first + j] = (jpeg, level)
+                        if self.engine_base + first + j >= self.next_out:  # a frame that missed its time: dropped
+                            self.ready[self.engine_base + first + j] = (jpeg, level)
+                    self.engine_next = self.engine_base + first + len(jpegs)
+                    self.last_level = level if jpegs else self.last_level
                     self.pending = False
+                    self._maybe_resync()
                 elif msg[0] == "ended":
                     self.pending = False
                     if not self.ended.done():
@@ -137,6 +152,19 @@ class Session:
             if not self.ended.done():
                 self.ended.set_exception(RuntimeError("engine worker died"))
 
+    def _maybe_resync(self) -> None:
+        """An engine that fell RESYNC_FRAMES behind (an overloaded machine) would stay behind for good:
+        restart it at the next frame boundary of the input (not when recording: the mp4 keeps every frame)."""
+        if self.cfg.out is not None or self.next_out - self.engine_next < RESYNC_FRAMES:
+            return
+        self.worker.conn.send(("abort",))
+        self.worker.conn.send(("start", None, "pass_through" if self.last_level == "late" else self.last_level))
+        base = -(-self.clock.fed // SAMPLES_PER_FRAME)
+        self.skip = base * SAMPLES_PER_FRAME - self.clock.fed
+        self.to_send = np.zeros(0, np.float32)
+        self.engine_base = self.engine_next = base
+        self.resyncs += 1
+
     def _feed(self, now: float) -> None:
         if self.cfg.audio is not None:  # file source: the file arrives at the clock's pace, then silence
             upto = min(self.clock.due(now), len(self.cfg.audio))
@@ -145,8 +173,10 @@ class Session:
                 self.file_pos = upto
         piece = self.clock.take(now)
         if len(piece):
-            self.to_send = np.concatenate([self.to_send, piece])
             self.out_audio = np.concatenate([self.out_audio, piece])
+            k = min(self.skip, len(piece))
+            self.skip -= k
+            self.to_send = np.concatenate([self.to_send, piece[k:]])
         if len(self.to_send) and not self.pending:
             self.worker.conn.send(("audio", self.to_send))
             self.to_send = np.zeros(0, np.float32)
@@ -156,7 +186,8 @@ class Session:
     def _passthrough(self, i: int) -> bytes:
         from inference.avatar import pingpong
 
-        return encode_jpeg(np.asarray(self.avatar_frames[int(pingpong(i, len(self.avatar_frames)))]))
+        k = i - self.engine_base if i >= self.engine_base else i  # the avatar frame the engine would use
+        return encode_jpeg(np.asarray(self.avatar_frames[int(pingpong(k, len(self.avatar_frames)))]))
 
     async def _emit(self, now: float) -> None:
         while now >= frame_due(self.t0, self.cfg.latency, self.next_out):
@@ -183,7 +214,9 @@ class Session:
         c = self.clock
         return {"type": "stats", "fps": len(recent), "levels": levels, "behind": behind,
                 "latency_ms": round(1000 * self.cfg.latency), "padded_s": round(c.padded / SAMPLE_RATE, 2),
-                "dropped_s": round(c.dropped / SAMPLE_RATE, 2), "frames": self.next_out}  # fmt: skip
+                "dropped_s": round(c.dropped / SAMPLE_RATE, 2), "frames": self.next_out,
+                "engine_frames": self.engine_frames, "fed_s": round(c.fed / SAMPLE_RATE, 2),
+                "resyncs": self.resyncs}  # fmt: skip
 
     async def pace(self) -> None:
         """The session's clock: feed the engine, send due frames, stats every second."""
@@ -212,10 +245,12 @@ class Session:
                 data = _json(msg.data)
                 if data.get("type") not in ("mic", "ping"):
                     raise SessionClosed(1008, f"unknown message type {str(data.get('type'))[:40]!r}")
+            elif msg.type == WSMsgType.ERROR:  # aiohttp already sent the close frame with the code
+                if getattr(msg.data, "code", None) == 1009:
+                    raise SessionClosed(1009, f"message too big (over {self.cfg.max_message} bytes)")
+                raise SessionClosed(getattr(msg.data, "code", 1002) or 1002, f"protocol error: {msg.data}"[:100])
             else:
                 break
-        if self.ws.close_code == 1009 or isinstance(self.ws.exception(), Exception):
-            raise SessionClosed(self.ws.close_code or 1002, str(self.ws.exception() or "message too big"))
 
 
 def _json(text: str) -> dict:
@@ -245,20 +280,21 @@ class LiveApp:
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
-        self.pool = Pool(cfg.spec, cfg.sessions)
+        self.pool = Pool(cfg.spec, cfg.sessions, cfg.engine)
         self.avatar_frames = np.load(Path(cfg.spec.avatar) / "frames.npy", mmap_mode="r")
         self.next_sid = 1
         self.closed: list[tuple[int, int, str]] = []  # (session, code, reason), for the log and the tests
         self.app = web.Application()
         self.app.router.add_get("/", self.index)
         self.app.router.add_get("/ws", self.websocket)
+        self.app.router.add_get("/favicon.ico", lambda request: web.Response(status=204))
         self.app.router.add_static("/static/", STATIC)
 
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message, heartbeat=None)
+        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message, heartbeat=None, timeout=2.0)
         await ws.prepare(request)
         sid, self.next_sid = self.next_sid, self.next_sid + 1
         worker = None
@@ -273,8 +309,10 @@ class LiveApp:
             code, reason = err.code, err.reason
         except TimeoutError:
             code, reason = 1008, "no hello within 10 s"
-        except (ConnectionError, RuntimeError) as err:
-            code, reason = 1011, f"connection lost: {err}"
+        except ConnectionError:
+            code, reason = 1001, "client left"
+        except RuntimeError as err:
+            code, reason = 1011, f"engine worker failed: {err}"
         except Exception as err:  # noqa: BLE001 - a bug ends this session only, and is logged
             import traceback
 
@@ -297,11 +335,16 @@ class LiveApp:
         await ws.send_str(json.dumps({"type": "ready", "session": sid, "fps": 25, "sample_rate": SAMPLE_RATE,
                                       "latency": self.cfg.latency,
                                       "source": "file" if self.cfg.audio is not None else "mic"}))  # fmt: skip
-        tasks = [asyncio.ensure_future(session.pace()), asyncio.ensure_future(session.receive())]
+        pace, receive = asyncio.ensure_future(session.pace()), asyncio.ensure_future(session.receive())
+        tasks = [pace, receive]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                t.result()  # re-raises SessionClosed
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():  # the connection broke under a send: the receiving side knows why
+                await asyncio.wait([receive], timeout=3.0)
+            if receive.done():
+                receive.result()  # SessionClosed with the reason, or None: the client left
+            if pace.done() and not isinstance(pace.exception(), ConnectionError | type(None)):
+                pace.result()
         finally:
             for t in tasks:
                 t.cancel()

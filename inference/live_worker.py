@@ -5,7 +5,7 @@ complaint of the anchors, DESIGN section 5). The serving process and a worker ta
 ``multiprocessing`` pipe:
 
     serving process -> worker                        worker -> serving process
-    ("start", out_path | None)                       ("ready", {"frames": T})         once, after loading
+    ("start", out_path | None[, level])              ("ready", {"frames": T})         once, after forking
     ("audio", float32 [n])   one at a time           ("frames", first, level, [jpeg])  one per "audio"
     ("end",)                                          ("ended", stats)                  after the flush
     ("abort",)  the session ends unflushed            ("error", message)                and the worker exits
@@ -19,7 +19,6 @@ written there with the same ``VideoWriter`` as ``turbosync lipsync`` (audio = wh
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,34 +39,37 @@ class WorkerSpec:
     threads: int = 1
 
 
-def worker_main(conn, spec: WorkerSpec) -> None:
-    """The worker process: load once, then serve sessions until "quit" or the pipe closes."""
-    os.environ["OMP_NUM_THREADS"] = str(spec.threads)
-    import torch
-
-    torch.set_num_threads(spec.threads)
-    try:
-        engine = _load(spec)
-    except Exception as err:  # noqa: BLE001 - reported to the serving process, which names it
-        conn.send(("error", f"{type(err).__name__}: {err}"))
-        return
+def worker_main(conn, engine) -> None:
+    """The worker process (forked from the serving process, which loaded ``engine``): serve sessions until
+    "quit" or until the pipe closes (the serving process is gone)."""
+    for other in _PARENT_ENDS:  # the serving process's ends of every pipe: closing them lets EOF reach us
+        other.close()
     conn.send(("ready", {"frames": engine[1].num_frames}))
     try:
         while True:
             msg = conn.recv()
             if msg[0] == "quit":
                 return
-            if msg[0] == "start" and _session(conn, engine, msg[1]) == "quit":
+            if msg[0] == "start" and _session(conn, engine, *msg[1:]) == "quit":
                 return
     except (EOFError, OSError, KeyboardInterrupt):
         return
 
 
-def _load(spec: WorkerSpec):
+def load_engine(spec: WorkerSpec, bundle=None):
+    """(bundle, avatar, cfg, tiny decoder), loaded and warmed up once in the serving process with
+    ``spec.threads`` torch threads; the workers fork from it and share the weights copy-on-write."""
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    return _load(spec, bundle)
+
+
+def _load(spec: WorkerSpec, bundle=None):
     from inference.avatar import load_avatar
     from inference.run import _tiny_decoder, decoder_fallback, load_engine_config, load_student
 
-    bundle = load_student(spec.student)
+    bundle = bundle or load_student(spec.student)
     decoder = _tiny_decoder(spec.tiny_decoder, bundle)
     cfg = load_engine_config(spec.preset, list(spec.overrides), **spec.options)
     if cfg.threads:  # the worker's thread count wins over the preset's
@@ -91,14 +93,16 @@ def _warm_up(engine) -> None:
     flush(state)
 
 
-def _session(conn, engine, out_path: str | None) -> str:
-    """One stream: audio in, JPEG frames out, until "end" (flush), "abort" (no flush, no mp4) or "quit"."""
+def _session(conn, engine, out_path: str | None, level: str = "full") -> str:
+    """One stream: audio in, JPEG frames out, until "end" (flush), "abort" (no flush, no mp4) or "quit".
+    ``level``: the degradation level to start at (a restarted engine keeps the level it had reached)."""
     from inference.engine import LEVELS, flush, start, step
     from inference.live import encode_jpeg
     from teacher.media import VideoWriter
 
     bundle, av, cfg, decoder = engine
     state = start(av, bundle, cfg, tiny_decoder=decoder, clock=time.perf_counter)
+    state.level = LEVELS.index(level) if cfg.degrade else 0
     writer = VideoWriter(out_path, 25, sample_rate=16000) if out_path else None
     n = 0
     try:
@@ -131,18 +135,24 @@ def _session(conn, engine, out_path: str | None) -> str:
             writer.abort()
 
 
-class Worker:
-    """A worker process seen from the serving process (``spawn``: no forked torch state)."""
+_PARENT_ENDS: list = []  # the serving process's pipe ends (closed in each forked worker)
 
-    def __init__(self, spec: WorkerSpec):
-        ctx = mp.get_context("spawn")
+
+class Worker:
+    """A worker process seen from the serving process. ``fork``: the worker inherits the loaded engine (no
+    second import or load); the serving process loads it with one torch thread and before any other thread
+    that could hold a lock exists in torch, and the worker never touches the server's event loop."""
+
+    def __init__(self, engine):
+        ctx = mp.get_context("fork")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, spec), daemon=True)
+        _PARENT_ENDS.append(self.conn)
+        self.process = ctx.Process(target=worker_main, args=(child, engine), daemon=True)
         self.process.start()
         child.close()
         self.info: dict[str, Any] | None = None
 
-    def wait_ready(self, timeout: float = 300.0) -> dict[str, Any]:
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
         if not self.conn.poll(timeout):
             raise RuntimeError("the engine worker did not start in time")
         msg = self.conn.recv()
@@ -152,12 +162,18 @@ class Worker:
         return self.info
 
     def close(self) -> None:
+        """Ask the worker to quit; a busy one is terminated after a second."""
         try:
             self.conn.send(("quit",))
         except (OSError, EOFError, BrokenPipeError):
             pass
-        self.process.join(5)
+        self.process.join(1)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(2)
         if self.process.is_alive():
             self.process.kill()
-            self.process.join(5)
+            self.process.join(2)
+        if self.conn in _PARENT_ENDS:
+            _PARENT_ENDS.remove(self.conn)
         self.conn.close()

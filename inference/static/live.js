@@ -90,6 +90,12 @@ async function start() {
     }
   };
   await ctx.resume();
+  connect();
+  requestAnimationFrame(draw);
+  setInterval(updatePanel, 250);
+}
+
+function connect() {
   ws = new WebSocket(`ws://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => ws.send(JSON.stringify({ type: "hello", sample_rate: RATE }));
@@ -97,18 +103,18 @@ async function start() {
     if (typeof m.data !== "string") return onFrame(m.data);
     const d = JSON.parse(m.data);
     if (d.type === "ready") {
-      ts.ready = d;
+      ts.ready = d; ts.closed = null; T0 = null; frames.clear(); shownIndex = -1;
+      $("closed").textContent = "";
       $("state").textContent = `session ${d.session}, source: ${d.source}`;
-      if (d.source === "mic") { $("mic").disabled = false; toggleMic(); }
+      if (d.source === "mic") { $("mic").disabled = false; if (!micStream) toggleMic(); }
     } else if (d.type === "stats") ts.stats = d;
   };
   ws.onclose = (e) => {
     ts.closed = { code: e.code, reason: e.reason };
     $("closed").textContent = `session closed (${e.code}) ${e.reason}`;
     $("mic").disabled = true;
+    if (e.code === 1013) setTimeout(connect, 1000);  // all engines busy: try again
   };
-  requestAnimationFrame(draw);
-  setInterval(updatePanel, 250);
 }
 
 function sendMic(block) {
