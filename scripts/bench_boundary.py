@@ -12,7 +12,7 @@ hard-composited, region-only without a feather.
 The measure is ``teacher.conditioning.boundary_visibility`` on every pasted frame, the regions being the U-Net's
 mask warped into the frame (``paste_alpha(1 - mask) >= 0.5``), at a width equal to the paste's feather in frame
 px (R / 20 crop px), and at 2 / 4 / 8 / 12 px. ``edit`` is the mean absolute change from the truth where the
-paste weight is 1 (mostly the generated face itself). ``--png`` writes a picture: the truth,
+paste weight is 1 (mostly the generated face itself). ``--png`` writes a picture (png or jpg by its name): the truth,
 LatentSync's paste, ours (one row each, five frames of the first clip).
 """
 
