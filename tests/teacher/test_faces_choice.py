@@ -65,6 +65,21 @@ def test_parse_choice():
             parse_choice(bad)
 
 
+def test_presets_face_section_builds_the_aligner():
+    import configs
+
+    for preset in ("teacher/toy", "teacher/latentsync-1.6"):
+        aligner = configs.instantiate(configs.load(preset).face)
+        assert aligner.choose == "largest" and aligner.scene_cut == SceneCut()
+        assert aligner.landmarker.min_box_size == (50, 80)  # LatentSync's minimum face box
+    cfg = configs.load("teacher/toy", ["face.choose=[10,20,110,220]", "face.scene_cut=false", "face.small_faces=true"])
+    aligner = configs.instantiate(cfg.face)
+    assert aligner.choose == (10.0, 20.0, 110.0, 220.0) and aligner.scene_cut is None
+    assert aligner.resolution == 128 and aligner.landmarker.small_faces
+    with pytest.raises(ValueError, match="face.choose"):
+        configs.instantiate(configs.load("teacher/toy", ["face.choose=biggest"]).face)
+
+
 def test_several_faces_the_choice_is_stated_once_and_followed(caplog):
     frame = np.full((200, 400, 3), 90, np.uint8)
     left, right = candidate(20, 40, 70), candidate(250, 30, 100)
