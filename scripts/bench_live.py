@@ -147,7 +147,7 @@ def analyse(data: dict, frames: dict, truth: np.ndarray, reference: np.ndarray, 
         if gen.sum() >= 20:
             delta, corr = content_offset(shown[gen], mouth[gen], ref_start, truth)
             out["content"] = {"offset_ms": delta, "correlation": corr}
-        out["_mouth"], out["_shown"], out["_ref_start"] = mouth, shown, ref_start
+        out["_mouth"], out["_shown"], out["_ref_start"], out["_index"] = mouth, shown, ref_start, idx
     return out
 
 
