@@ -26,7 +26,7 @@ def add_stream_parser(sub, add_engine_options, default_student: str) -> None:
     p.add_argument("--sessions", type=int, default=2, help="sessions served at once (one engine process each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per engine process")
     p.add_argument("--delay", type=float, default=0.0, help="seconds of output delay on top of the engine's "
-                   "latency (buffering for a slow machine or network; voice and lips stay together)")
+                   "latency (buffering for a slow machine or network; voice and lips stay together)")  # fmt: skip
     add_engine_options(p)
     p.add_argument("overrides", nargs="*", help="engine config overrides key=value")
 
