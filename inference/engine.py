@@ -45,7 +45,8 @@ class EngineConfig:
     chunk: C new frames per U-Net call (1-16). context: K frames of temporal context carried over
     (C + K <= 24). steps: sampler steps (1-4; None = the export's default). decoder: "vae" or "tiny".
     degrade: allow degradation when paced by a clock. threads: torch threads (None = leave as is).
-    seed: the stream's noise. renoise: ``sample_lcm``'s re-noising for steps > 1. audio: streaming
+    seed: the stream's noise frame (None = the export's ``noise_seed``, chosen for the student by
+    ``scripts/select_noise.py``; 0 when the export records none). renoise: ``sample_lcm``'s re-noising for steps > 1. audio: streaming
     Whisper settings. w: guidance scale s fed to the student (None = the export's). blend: cross-fade the
     K frames two windows share (their x0 latents, weights (j + 1) / (K + 1) toward the newer window), which
     holds K frames back (latency + K frames); needs chunk >= context.
@@ -57,7 +58,7 @@ class EngineConfig:
     decoder: str = "vae"
     degrade: bool = True
     threads: int | None = None
-    seed: int = 0
+    seed: int | None = None
     renoise: str = "per_frame"
     w: float | None = None
     blend: bool = False
@@ -120,7 +121,7 @@ def start(avatar: Avatar, bundle, cfg: EngineConfig | None = None, tiny_decoder=
         raise ValueError(f"the avatar is {avatar.resolution} px, the student {bundle.resolution} px")
     dev = bundle.denoiser.alphas_cumprod.device
     h = avatar.masked_latents.shape[-1]
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(stream_seed(cfg, bundle))
     noise = repeated_noise((1, 4, 1, h, h), g).to(dev)  # one noise frame for the whole stream
     feats = torch.zeros(0)  # the first features set the token shape
     stats = {"frames": 0, "chunks": 0, "passed_through_faceless": 0, "levels": dict.fromkeys(LEVELS, 0),
@@ -129,6 +130,11 @@ def start(avatar: Avatar, bundle, cfg: EngineConfig | None = None, tiny_decoder=
                        stream_start(bundle.whisper, cfg.audio), noise, bundle.mask[None, None, None].to(dev),
                        feats, aligner=FaceAligner(avatar.resolution, landmarker=_NoLandmarker()), clock=clock,
                        stats=stats)  # fmt: skip
+
+
+def stream_seed(cfg: EngineConfig, bundle) -> int:
+    """The seed of the stream's one noise frame: ``cfg.seed``, else the export's ``noise_seed``."""
+    return int(cfg.seed if cfg.seed is not None else getattr(bundle, "noise_seed", 0))
 
 
 def step(state: EngineState, audio_chunk: np.ndarray) -> tuple[list[np.ndarray], EngineState]:
@@ -237,7 +243,7 @@ def window(state: EngineState, idx: np.ndarray, src: np.ndarray, k: int) -> Wind
     mask_lat = latent_mask(state.mask_px.expand(1, 1, f, -1, -1), h).to(dtype)
     audio = state.feats[idx - state.feat_start][None].to(dev, dtype)
     noise = state.noise.expand(-1, -1, f, -1, -1).to(dtype)
-    seed = state.cfg.seed * 1_000_003 + int(idx[k])  # per chunk: independent of how the audio was cut
+    seed = stream_seed(state.cfg, state.bundle) * 1_000_003 + int(idx[k])  # per chunk: not how the audio was cut
     return Window(idx, src, k, (noise, mask_lat, cached(av.masked_latents), cached(av.ref_latents), audio),
                   _steps(state), seed)  # fmt: skip
 
@@ -259,7 +265,7 @@ def decode(state: EngineState, x0: torch.Tensor, src: np.ndarray, level: str = "
     cfg, av = state.cfg, state.avatar
     decoder = state.decoders["tiny" if level == "tiny_decoder" or cfg.decoder == "tiny" else "vae"]
     pixels = crops_to_pixels(np.stack([av.crops[s] for s in src]))[None].to(x0.device)
-    face = composite(decoder.decode(x0.float()).float(), pixels, state.mask_px[:, :, 0:1])
+    face = composite(decoder.decode(x0.float()).float(), pixels, state.mask_px[:, :, 0:1], matched=True)
     return pixels_to_uint8(face[0].permute(1, 2, 3, 0)).cpu().numpy()
 
 

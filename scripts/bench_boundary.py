@@ -39,7 +39,7 @@ def record_pastes(run) -> list[tuple]:
 
     calls, hard, original, original_composite = [], {}, tc.paste_faces, tc.composite
 
-    def composite(decoded, pixels, mask, matched=True):
+    def composite(decoded, pixels, mask, matched=False):
         out = original_composite(decoded, pixels, mask, matched)
         plain = original_composite(decoded, pixels, mask, False)
         for got, ref in zip(_frames_u8(out), _frames_u8(plain)):

@@ -256,7 +256,7 @@ def _generate(
             w=parts.w,
             alphas_cumprod=parts.alphas_cumprod,
         )
-        face = composite(parts.vae.decode(x0.float()), pixels, mask_px)  # keep pixels outside the mask
+        face = composite(parts.vae.decode(x0.float()), pixels, mask_px, matched=True)  # original outside the mask
     faces = pixels_to_uint8(face[0].permute(1, 2, 3, 0)).cpu().numpy()
     pasted = paste_faces([fr for _, fr, _ in chunk], faces, [a for _, _, a in chunk], parts.aligner, mask=parts.mask)
     return dict(zip(idx, pasted))

@@ -40,9 +40,9 @@ def test_matched_composite_takes_the_originals_colour_only_near_the_edge():
     check = (torch.arange(r)[:, None] + torch.arange(r)[None]) % 2 * 0.2 - 0.1  # finest detail, +-0.1
     decoded = (0.3 + check).expand(1, 3, 2, r, r)  # generated: brighter, textured
     pixels = torch.full((1, 3, 2, r, r), -0.3)  # the original: flat and darker
-    hard = composite(decoded, pixels, mask, matched=False)
-    assert torch.equal(hard, decoded.clamp(-1, 1) * (1 - mask) + pixels * mask)  # LatentSync's
-    out = composite(decoded, pixels, mask)
+    hard = composite(decoded, pixels, mask)
+    assert torch.equal(hard, decoded.clamp(-1, 1) * (1 - mask) + pixels * mask)  # LatentSync's, the default
+    out = composite(decoded, pixels, mask, matched=True)
     keep = mask > 0.5
     assert torch.equal(out[..., keep], pixels[..., keep])  # the original outside the mask, exactly
     deep = paste_weight(mask, feather=r / 10) == 1
@@ -52,9 +52,9 @@ def test_matched_composite_takes_the_originals_colour_only_near_the_edge():
     assert (local[:, edge] - (-0.3)).abs().max() < 0.15  # near the edge: the original's level (hard: 0.6 off)
     assert ((out[0, :, 0] - local)[:, edge].abs().mean() - 0.1).abs() < 0.03  # the generated detail kept
     per_frame = mask.expand(1, 1, 2, r, r).clone()  # masks of any leading shape, e.g. [B, 1, F, R, R]
-    assert torch.allclose(composite(decoded, pixels, per_frame), out, atol=1e-6)
+    assert torch.allclose(composite(decoded, pixels, per_frame, matched=True), out, atol=1e-6)
     per_frame[0, 0, 1] = 1  # frame 1 keeps everything
-    assert torch.equal(composite(decoded, pixels, per_frame)[:, :, 1], pixels[:, :, 1])
+    assert torch.equal(composite(decoded, pixels, per_frame, matched=True)[:, :, 1], pixels[:, :, 1])
 
 
 def _face_setup(res: int = 32):
