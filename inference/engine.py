@@ -46,10 +46,10 @@ class EngineConfig:
     (C + K <= 24). steps: sampler steps (1-4; None = the export's default). decoder: "vae" or "tiny".
     degrade: allow degradation when paced by a clock. threads: torch threads (None = leave as is).
     seed: the stream's noise frame (None = the export's ``noise_seed``, chosen for the student by
-    ``scripts/select_noise.py``; 0 when the export records none). renoise: ``sample_lcm``'s re-noising for steps > 1. audio: streaming
-    Whisper settings. w: guidance scale s fed to the student (None = the export's). blend: cross-fade the
-    K frames two windows share (their x0 latents, weights (j + 1) / (K + 1) toward the newer window), which
-    holds K frames back (latency + K frames); needs chunk >= context.
+    ``scripts/select_noise.py``; 0 when the export records none). renoise: ``sample_lcm``'s re-noising for
+    steps > 1. audio: streaming Whisper settings. w: guidance scale s fed to the student (None = the
+    export's). blend: cross-fade the K frames two windows share (their x0 latents, weights (j + 1) / (K + 1)
+    toward the newer window), which holds K frames back (latency + K frames); needs chunk >= context.
     """
 
     chunk: int = 4

@@ -7,8 +7,9 @@
    aligned crop with the avatar's own matrix, and ``measure_mouth`` on the lower half is correlated with
    the true mouth opening (the distillation benchmark's ``sync_score``). The same clips' 8-frame windows
    through the offline student (``distill.benchmark``, 1 step, offline Whisper features) give the reference.
-   ``--draws D``: both are repeated over D noise draws (engine seed d; offline window noise draw d, as
-   ``bench_distill --noise-draws``) and the means compared.
+   ``--draws D``: both are repeated over D noise draws (engine: draw 0 is the student's own noise frame,
+   ``noise_seed`` of its export, draws d > 0 are seeds 5000 + d, never selected; offline: window noise draw d,
+   as ``bench_distill --noise-draws``) and the means compared.
    Also the share of face frames the engine edited.
 2. seams: mean absolute frame-to-frame change inside the mouth box of the crops, for frame pairs that
    straddle a chunk boundary vs pairs inside a chunk, against the same measure on the real frames.
@@ -32,12 +33,17 @@ CASES = Path(__file__).resolve().parents[2] / "shared" / "cases"
 
 def output_crops(mp4: Path, avatar) -> np.ndarray:
     """The output frames warped to the avatar's aligned crops (its matrices; ping-pong looping)."""
+    from teacher.media import read_video
+
+    return warp_to_crops(read_video(mp4, fps=25)[0], avatar)
+
+
+def warp_to_crops(frames, avatar) -> np.ndarray:
+    """Full frames [T] (uint8 [H, W, 3] each) warped to the avatar's aligned crops [T, R, R, 3]; faceless: black."""
     import cv2
 
     from inference.avatar import pingpong
-    from teacher.media import read_video
 
-    frames, _ = read_video(mp4, fps=25)
     src = pingpong(np.arange(len(frames)), avatar.num_frames)
     r = avatar.resolution
     blank = np.zeros((r, r, 3), np.uint8)
@@ -66,8 +72,9 @@ def run_engine(student: str, video: Path, audio: np.ndarray, out: Path, chunk: i
 
 
 def sync_and_seams(args, work: Path) -> dict:
-    """Per noise draw d (``--draws``): the engine with ``seed=d`` and the offline student on windows whose noise is
-    draw d (draw 0: the windows' own noise, as ``bench_distill``); sync scores and their means."""
+    """Per noise draw d (``--draws``): the engine with its default noise (d = 0) or ``seed=5000 + d``, and the
+    offline student on windows whose noise is draw d (draw 0: the windows' own noise, as ``bench_distill``);
+    sync scores and their means."""
     import student as student_pkg
     from distill.benchmark import evaluate, make_windows, pearson, student_method
     from distill.synthworld import LOWER_HALF_REGION, measure_mouth, read_sidecar
@@ -86,7 +93,7 @@ def sync_and_seams(args, work: Path) -> dict:
             src = work / "heldout" / "src" / f"clip_{k:05d}.mp4"
             audio = read_audio(src, 16000)
             avatar, report, cfg = run_engine(args.student, src, audio, work / f"engine_{k}.mp4", args.chunk, work,
-                                             [*args.set, f"seed={d}"])  # fmt: skip
+                                             [*args.set, *([f"seed={5000 + d}"] if d else [])])  # fmt: skip
             crops = output_crops(work / f"engine_{k}.mp4", avatar)
             gt = read_sidecar(src)["mouth_open"]
             n = min(len(crops), len(gt), avatar.num_frames)
@@ -159,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=None, help="engine chunk (default: the toy preset's)")
     p.add_argument("--long", action="store_true", help="also the 32 s / 64 s c11 runs")
     p.add_argument("--set", nargs="*", default=[], help="engine config overrides key=value (context=0 ...)")
-    p.add_argument("--draws", type=int, default=1, help="noise draws: engine seeds 0..D-1, offline window noise draws")
+    p.add_argument("--draws", type=int, default=1,
+                   help="noise draws: the engine's default noise then seeds 5001..; offline window noise draws")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -125,7 +125,8 @@ class StudentBundle:
     denoiser: the student (x_t, t, cond, audio, w) -> x0. vae: ``teacher.vae.VideoVAE``. whisper:
     ``teacher.audio.WhisperAudioEncoder``. mask: pixel mask [R, R] float32 (1 = keep).
     resolution: face crop size R in px. num_frames: frames per U-Net chunk. steps: default sampler
-    steps. w: guidance scale s fed to the student.
+    steps. w: guidance scale s fed to the student. noise_seed: seed of the stream's one noise frame
+    (``inference.engine``; chosen per student by ``scripts/select_noise.py``, 0 when not recorded).
     """
 
     denoiser: StudentDenoiser
@@ -137,6 +138,7 @@ class StudentBundle:
     steps: int
     w: float
     path: Path
+    noise_seed: int = 0
 
 
 def inference_settings(path: str | os.PathLike) -> dict[str, Any]:
@@ -173,4 +175,5 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu", dty
     whisper = load_whisper(inf["whisper"], device=device)
     res = int(inf["resolution"])
     return StudentBundle(denoiser, vae, whisper, face_mask(res, inf["mask"]).to(device), res,
-                         int(inf["num_frames"]), int(inf["steps"]), float(inf["w"]), Path(path))  # fmt: skip
+                         int(inf["num_frames"]), int(inf["steps"]), float(inf["w"]), Path(path),
+                         int(inf.get("noise_seed", 0)))  # fmt: skip
