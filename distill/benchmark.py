@@ -48,6 +48,10 @@ class Window:
     audio_embeds: torch.Tensor  # [1, F, 50, 384]
     noise: torch.Tensor  # [1, 4, F, h, h], one frame repeated
     mouth_open: np.ndarray  # [F]
+    audio: np.ndarray | None = None  # [F * 640] 16 kHz samples of the window (the LSE metrics)
+    clip: int = -1  # the window's shard and first frame in it (the LSE metrics join a clip's windows back)
+    start: int = 0
+    other_audio_embeds: torch.Tensor | None = None  # another clip's audio (``shuffle_audio``)
 
 
 def make_windows(
@@ -72,15 +76,26 @@ def make_windows(
         if g_noise is not None:
             noise = repeated_noise(noise.shape, g_noise)
         out.append(Window(frames, mask, latent_mask(mask, h), masked, ref, item["audio_embeds"][None], noise,
-                          item["mouth_open"].numpy()))  # fmt: skip
+                          item["mouth_open"].numpy(), None if item.get("audio") is None else item["audio"].numpy(),
+                          int(item.get("shard", -1)), int(item.get("start", 0))))  # fmt: skip
     return out
 
 
+def shuffle_audio(windows: list[Window]) -> list[Window]:
+    """Give each window the audio of the window ``len // 2`` places on (another clip when there are two or
+    more clips of equal length) as ``other_audio_embeds``: the input of the shuffled-audio control rows."""
+    n = len(windows)
+    for i, win in enumerate(windows):
+        win.other_audio_embeds = windows[(i + n // 2) % n].audio_embeds
+    return windows
+
+
 def teacher_method(
-    unet, n: int, w: float = OFFICIAL_W, noise_seed: int | None = None
+    unet, n: int, w: float = OFFICIAL_W, noise_seed: int | None = None, shuffled_audio: bool = False
 ) -> Callable[[Window], torch.Tensor]:
     """Guided DDIM, N = 20 leading (official), else trailing. ``noise_seed``: start from another noise
-    (one frame repeated, like the window's) drawn with that seed instead of the window's own."""
+    (one frame repeated, like the window's) drawn with that seed instead of the window's own.
+    ``shuffled_audio``: driven by another clip's audio (``shuffle_audio``), a control for the sync metrics."""
     from teacher.sampler import alphas_cumprod, ddim_timesteps, sample_ddim
 
     spacing = "leading" if n == 20 else "trailing"
@@ -90,7 +105,10 @@ def teacher_method(
         noise = win.noise
         if noise_seed is not None:
             noise = repeated_noise(noise.shape, torch.Generator().manual_seed(noise_seed))
-        return sample_ddim(unet, ts, noise, win.mask_latent, win.masked_latents, win.ref_latents, win.audio_embeds,
+        audio = win.other_audio_embeds if shuffled_audio else win.audio_embeds
+        if audio is None:
+            raise ValueError("shuffled_audio needs windows passed through shuffle_audio")
+        return sample_ddim(unet, ts, noise, win.mask_latent, win.masked_latents, win.ref_latents, audio,
                            w=w, alphas_cumprod=acp)  # fmt: skip
 
     return run
@@ -168,8 +186,46 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference: str = "teacher_ddim_20") -> dict:
-    """Run every method on every window; returns {method: metrics} and keeps sample frames."""
+def lse_metrics(frames: list[torch.Tensor], windows: list[Window], syncnet, sync_window) -> dict[str, float]:
+    """LSE-C, LSE-D and |offset| (frames) of generated windows ``[F, R, R, 3]`` in [0, 1], per clip, then averaged.
+
+    A clip's windows (contiguous: ``ClipDataset`` with stride F) are joined back into the clip, its audio
+    likewise; faces are resized (area) to the SyncNet's resolution (``sync_window``, a
+    ``distill.syncnet_data.SyncWindow``); ``losses.syncnet.window_embeddings`` + ``losses.sync.sync_scores``
+    over +-15 frames, as ``turbosync eval sync`` scores a video. Raises ValueError for windows that do not
+    tile their clip or carry no audio.
+    """
+    import torch.nn.functional as F
+
+    from losses.mel import syncnet_mel
+    from losses.sync import sync_scores
+    from losses.syncnet import window_embeddings
+
+    clips: dict[int, list[tuple[torch.Tensor, Window]]] = {}
+    for f, w in zip(frames, windows, strict=True):
+        clips.setdefault(w.clip, []).append((f, w))
+    scores = []
+    for items in clips.values():
+        items.sort(key=lambda fw: fw[1].start)
+        starts = [w.start for _, w in items]
+        if any(w.audio is None for _, w in items) or starts != [starts[0] + i * len(items[0][0])
+                                                                 for i in range(len(items))]:
+            raise ValueError(f"windows of clip {items[0][1].clip} do not tile it (starts {starts}) or lack audio")
+        faces = torch.cat([f for f, _ in items]).permute(0, 3, 1, 2).float() * 2 - 1   # [T, 3, R, R]
+        r = sync_window.resolution
+        if faces.shape[-1] != r:
+            faces = F.interpolate(faces, size=(r, r), mode="area")
+        mel = syncnet_mel(np.concatenate([w.audio for _, w in items]))
+        v, a = window_embeddings(syncnet, faces, mel, sync_window.num_frames, 25.0, sync_window.lower_half)
+        scores.append(sync_scores(v, a))
+    return {"lse_c": float(np.mean([s.lse_c for s in scores])), "lse_d": float(np.mean([s.lse_d for s in scores])),
+            "sync_offset_abs": float(np.mean([abs(s.offset) for s in scores]))}
+
+
+def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference: str = "teacher_ddim_20",
+             syncnet=None, sync_window=None) -> dict:
+    """Run every method on every window; returns {method: metrics} and keeps sample frames. With a ``syncnet``
+    (and its ``sync_window``) every row, the ground truth included, also gets ``lse_metrics``."""
     from distill.synthworld import LOWER_HALF_REGION, measure_mouth
 
     outputs: dict[str, list[torch.Tensor]] = {}
@@ -195,6 +251,8 @@ def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference
             "sync_score": pearson(measured, gt_open),
             "sharpness": float(np.mean([laplacian_energy(o) for o in outs]) / gt_sharp),
         }
+        if syncnet is not None:
+            results[name].update(lse_metrics(outs, windows, syncnet, sync_window))
     results["_ground_truth"] = {
         "sync_score": pearson(
             np.concatenate(
@@ -203,6 +261,8 @@ def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference
             gt_open,
         )
     }
+    if syncnet is not None:
+        results["_ground_truth"].update(lse_metrics(truth, windows, syncnet, sync_window))
     return results, outputs, truth
 
 

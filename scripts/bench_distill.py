@@ -16,7 +16,12 @@
    function (the teacher's ODE down the solver grid) and the same re-noising: the floor of any
    student sampled that way at N steps (oracle_lcm_N@MODE for the ``--oracle-renoise`` modes).
    teacher_ddim_20@other_noise starts the official sampler from another noise: how far two
-   samples of the same teacher lie apart.
+   samples of the same teacher lie apart. teacher_ddim_20@shuffled_audio drives the teacher with
+   another clip's audio (``--shuffled-audio``): the control every sync metric must rank below.
+   With ``--syncnet`` (a StableSyncNet preset/YAML with its weights; default: the held-out toy
+   SyncNet, assets/syncnet_toy_measure, never used in training) every row, the ground truth too,
+   gets lse_c, lse_d and sync_offset_abs: a clip's windows joined back, +-15 frames, as
+   ``turbosync eval sync`` (``distill.benchmark.lse_metrics``).
 4. Writes OUT/bench.json and OUT/bench.png (charts and sample strips side by side).
 """
 
@@ -51,6 +56,21 @@ def heldout(work: Path, clips: int, seconds: float, seed: int, num_frames: int):
         synth_dataset(work / "src", clips=clips, resolution=256, seconds=seconds, seed=seed)
     prepare(work / "src", work, PrepareConfig(resolution=128, min_frames=num_frames))
     return ClipDataset(work, num_frames=num_frames, reference="same", stride=num_frames)
+
+
+def measuring_syncnet(spec: str):
+    """(network, SyncWindow) of a StableSyncNet preset/YAML whose files.syncnet holds the weights; (None, None)
+    for 'none'."""
+    if spec in ("none", ""):
+        return None, None
+    import configs
+    from distill.syncnet_data import SyncWindow
+    from losses.syncnet import load_syncnet
+
+    cfg = configs.load(spec)
+    if not cfg.files.get("syncnet"):
+        raise SystemExit(f"{spec}: files.syncnet is null; the LSE columns need trained SyncNet weights")
+    return load_syncnet(cfg.files.syncnet, cfg.model).requires_grad_(False), SyncWindow.from_mapping(cfg.data)
 
 
 def plot(results: dict, outputs: dict, truth: list, path: Path) -> None:
@@ -107,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="teacher_ddim_N rows (20, the reference, is always included)")
     p.add_argument("--other-noise", action=argparse.BooleanOptionalAction, default=True,
                    help="the teacher_ddim_20@other_noise row")
+    p.add_argument("--syncnet", default="assets/syncnet_toy_measure/syncnet.yaml",
+                   help="SyncNet preset/YAML (with files.syncnet) for lse_c / lse_d; 'none' skips them")
+    p.add_argument("--shuffled-audio", action=argparse.BooleanOptionalAction, default=True,
+                   help="the teacher_ddim_20@shuffled_audio control row")
     p.add_argument("--noise-draws", type=int, default=1,
                    help="evaluate with this many initial-noise draws per window; metrics are their mean "
                    "(per-draw values and std in the JSON)")
@@ -119,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate,
         make_windows,
         oracle_method,
+        shuffle_audio,
         student_method,
         teacher_method,
         time_method,
@@ -138,19 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     methods |= extra
     if args.other_noise:
         methods["teacher_ddim_20@other_noise"] = teacher_method(unet, 20, noise_seed=12345)
+    if args.shuffled_audio:
+        methods["teacher_ddim_20@shuffled_audio"] = teacher_method(unet, 20, shuffled_audio=True)
+    syncnet, sync_window = measuring_syncnet(args.syncnet)
     for mode in dict.fromkeys([args.renoise, *args.oracle_renoise]):
         suffix = "" if mode == args.renoise else f"@{mode}"
         methods |= {f"oracle_lcm_{n}{suffix}": oracle_method(unet, n, renoise=mode) for n in args.oracle_steps}
     draws = []
     for k in range(args.noise_draws):  # draw 0: the windows' own noise (as before); then other seeds
-        windows = make_windows(data, vae, seed=0, limit=args.windows, noise_seed=None if k == 0 else 1000 + k)
-        res, outs, truth = evaluate(methods, windows, vae)
+        windows = shuffle_audio(make_windows(data, vae, seed=0, limit=args.windows,
+                                             noise_seed=None if k == 0 else 1000 + k))
+        res, outs, truth = evaluate(methods, windows, vae, syncnet=syncnet, sync_window=sync_window)
         draws.append(res)
         if k == 0:
             outputs = outs  # the sample strips show draw 0
         print(f"noise draw {k + 1}/{args.noise_draws} done", flush=True)
     results = average_draws(draws)
-    windows = make_windows(data, vae, seed=0, limit=args.windows)
+    windows = shuffle_audio(make_windows(data, vae, seed=0, limit=args.windows))
     for name, run in methods.items():
         if name.startswith("oracle") or "@" in name and name.startswith("teacher"):
             continue  # not servable methods / same cost as their base row
@@ -165,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_windows": len(windows),
         "noise_draws": args.noise_draws,
         "frames_per_window": int(cfg.data.num_frames),
+        "syncnet": None if syncnet is None else args.syncnet,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "command": "python -m scripts.bench_distill "
         + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
@@ -173,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.json").write_text(json.dumps(results, indent=1))
     plot(results, outputs, truth, args.out / "bench.png")
     keys = ["mse_to_teacher20", "mse_to_ground_truth", "sync_score", "sharpness", "unet_ms_per_frame", "ms_per_frame"]
+    keys += ["lse_c", "lse_d"] if syncnet is not None else []
     print(f"{'method':28s}" + "".join(f"{k:>21s}" for k in keys))
     for name in methods:
         print(f"{name:28s}" + "".join(f"{results[name].get(k, float('nan')):21.4f}" for k in keys))

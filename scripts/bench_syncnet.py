@@ -1,0 +1,126 @@
+"""Trained SyncNets on held-out synthetic clips: in-sync / off-sync accuracy and recovery of known audio shifts.
+
+    python -m scripts.bench_syncnet [--nets assets/syncnet_toy_supervise assets/syncnet_toy_measure]
+        [--heldout runs/syncnet_world_heldout] [--shift-clips 5] [--shifts -10 .. 10] [--out runs/bench_syncnet]
+
+1. Accuracy: each net (a folder with ``syncnet.pt`` + ``syncnet.yaml``, as ``turbosync train-syncnet`` writes
+   them) on fixed balanced pairs of the held-out data (``distill.syncnet_data.heldout_pairs``: every window once
+   in sync and once against the faces of another window of the same clip, ``|offset| >= 1``), threshold 0.5 on
+   cos(v, a); also split by the negatives' ``|offset|``.
+2. Shift recovery: for the first ``--shift-clips`` held-out source videos and every shift d, the clip's own audio
+   moved d frames later (d < 0: earlier; silence fills) is written to a wav and ``turbosync eval sync VIDEO
+   --audio WAV --config NET/syncnet.yaml`` (``inference.eval_sync.eval_sync``: the face path, +-15 frames) must
+   report offset -d (video frame t matches audio frame t + d) within +-1 frame.
+3. Writes OUT/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLES_PER_FRAME = 640
+
+
+def shifted_audio(audio: np.ndarray, d: int) -> np.ndarray:
+    """``audio`` moved ``d`` frames later (``d < 0``: earlier), same length, silence where nothing is left."""
+    n, k = len(audio), abs(d) * SAMPLES_PER_FRAME
+    pad = np.zeros(min(k, n), audio.dtype)
+    return np.concatenate([pad, audio[: n - len(pad)]]) if d >= 0 else np.concatenate([audio[len(pad):], pad])
+
+
+def accuracy(net_dir: Path, heldout: Path, max_windows: int | None) -> dict:
+    import configs
+    from distill.syncnet_data import SyncPairDataset, SyncWindow, heldout_pairs
+    from distill.syncnet_train import evaluate_pairs
+    from losses.syncnet import load_syncnet
+
+    cfg = configs.load(net_dir / "syncnet.yaml")
+    net = load_syncnet(cfg.files.syncnet, cfg.model)
+    data = SyncPairDataset(heldout, SyncWindow.from_mapping(cfg.data), seed=0)
+    pairs = heldout_pairs(data, max_windows, seed=0)
+    t0 = time.perf_counter()
+    res = evaluate_pairs(net, data, pairs)
+    res["by_offset"] = {}
+    for lo, hi in ((1, 2), (3, 5), (6, 15), (16, 10**6)):  # accuracy on the negatives by |offset|
+        sub = [p for p in pairs if p[1] != p[2] and lo <= abs(p[2] - p[1]) <= hi]
+        if sub:
+            r = evaluate_pairs(net, data, sub)
+            res["by_offset"][f"{lo}-{hi if hi < 10**6 else 'max'}"] = {"accuracy": r["accuracy"], "pairs": len(sub)}
+    res.update(clips=len(data.shards), windows=len(pairs) // 2, seconds=time.perf_counter() - t0)
+    return res
+
+
+def shift_recovery(net_dir: Path, videos: list[Path], shifts: list[int], work: Path) -> dict:
+    import soundfile as sf
+
+    from inference.eval_sync import eval_sync
+    from teacher.media import read_audio
+
+    rows = []
+    for video in videos:
+        audio = read_audio(video, sample_rate=16000)
+        for d in shifts:
+            wav = work / f"{video.stem}_shift{d:+d}.wav"
+            sf.write(wav, shifted_audio(audio, d), 16000)
+            rep = eval_sync(video, wav, config=str(net_dir / "syncnet.yaml"))
+            s = rep.scores
+            rows.append({"clip": video.stem, "shift": d, "expected_offset": -d, "offset": s.offset,
+                         "error": s.offset + d, "lse_c": s.lse_c, "lse_d": s.lse_d})
+            wav.unlink()
+            print(f"{net_dir.name} {video.stem} shift {d:+d}: offset {s.offset:+d} LSE-C {s.lse_c:.3f}", flush=True)
+    errors = np.array([abs(r["error"]) for r in rows])
+    return {"rows": rows, "within_1": int((errors <= 1).sum()), "exact": int((errors == 0).sum()), "total": len(rows),
+            "all_within_1": bool((errors <= 1).all()), "max_abs_error": int(errors.max()),
+            "clips": [v.stem for v in videos], "shifts": shifts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nets", nargs="+", type=Path,
+                   default=[Path("assets/syncnet_toy_supervise"), Path("assets/syncnet_toy_measure")],
+                   help="folders holding syncnet.pt + syncnet.yaml")
+    p.add_argument("--heldout", type=Path, default=Path("runs/syncnet_world_heldout"),
+                   help="prepared held-out shards (+ synthetic_src/ videos); built like train_toy's held-out set")
+    p.add_argument("--max-windows", type=int, default=None, help="cap on held-out windows for the accuracy")
+    p.add_argument("--shift-clips", type=int, default=5, help="held-out videos for the shift recovery")
+    p.add_argument("--shift-nets", nargs="*", type=Path, default=None, help="nets for the shift recovery "
+                   "(default: the last of --nets, the measuring one)")
+    p.add_argument("--shifts", nargs="+", type=int, default=list(range(-10, 11)))
+    p.add_argument("--out", type=Path, default=Path("runs/bench_syncnet"))
+    args = p.parse_args(argv)
+
+    import configs
+    from distill.syncnet_data import SyncWindow
+    from distill.syncnet_train import ensure_sync_data
+
+    train_cfg = configs.load("syncnet/train_toy")
+    ensure_sync_data(args.heldout, train_cfg.data.heldout_synthetic, SyncWindow(8, 64))
+    videos = sorted((args.heldout / "synthetic_src").glob("*.mp4"))[: args.shift_clips]
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"nets": {}, "_setup": {
+        "heldout": str(args.heldout), "command": "python -m scripts.bench_syncnet " + " ".join(argv or sys.argv[1:]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"}}
+    for net in args.nets:
+        result["nets"][str(net)] = {"heldout_accuracy": accuracy(net, args.heldout, args.max_windows)}
+        print(net, json.dumps(result["nets"][str(net)]["heldout_accuracy"]), flush=True)
+        (args.out / "bench.json").write_text(json.dumps(result, indent=1))
+    for net in args.shift_nets if args.shift_nets is not None else args.nets[-1:]:
+        entry = result["nets"].setdefault(str(net), {})
+        entry["shift_recovery"] = shift_recovery(net, videos, args.shifts, args.out)
+        sr = entry["shift_recovery"]
+        print(f"{net}: {sr['within_1']}/{sr['total']} shifts recovered within +-1 frame ({sr['exact']} exactly)")
+        (args.out / "bench.json").write_text(json.dumps(result, indent=1))
+    print(args.out / "bench.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
