@@ -270,7 +270,11 @@ class FaceAligner:
         faces_of = getattr(self.landmarker, "faces", None)
         if faces_of is None:  # a plain landmarker callable: one face or none
             return self.landmarker(frame), st.stated
-        faces = faces_of(frame)
+        if st.anchors is not None and getattr(self.landmarker, "small_faces", False):  # where the face was
+            d = float(np.hypot(*(st.anchors[1] - st.anchors[0])))
+            faces = faces_of(frame, near=(*st.anchors[2], 6 * d))  # a square of 6 brow distances about the nose
+        else:
+            faces = faces_of(frame)
         face = choose_face(faces, self.choose)
         if len(faces) > 1 and not st.stated:
             log.warning("%d faces in frame %d: %s (set face.choose to 'largest', a face index from the left, "

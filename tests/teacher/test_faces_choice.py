@@ -186,6 +186,13 @@ def test_small_faces_option_finds_a_40px_face_in_720p(small_face_frame):
     assert anchors is not None and np.abs(anchors - expected).max() < 2.0  # px, on a 40 px face
     aligner = build_aligner(128, small_faces=True)
     assert aligner.align(frame) is not None and aligner.landmarker.min_box_size == (16, 16)
+    # in a video the tiles run once; later frames look where the face was first (one mesh call)
+    tiles, calls = aligner.landmarker._meshes_from_tiles, []
+    aligner.landmarker._meshes_from_tiles = lambda f: calls.append(1) or tiles(f)
+    shifted = np.roll(frame, (2, 3), axis=(0, 1))
+    out = align_video([frame, shifted, shifted], aligner)
+    assert all(a is not None for a in out) and len(calls) == 1
+    np.testing.assert_allclose(out[1].landmarks - out[0].landmarks, [[3, 2]] * 3, atol=1.5)
 
 
 def test_c15_small_face_is_found_with_the_option_and_named_without_it():
