@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--make", action="store_true", help="synthetic clips even when the c12 cases exist")
     p.add_argument("--steps", type=int, default=2, help="DDIM steps (memory does not depend on them)")
     p.add_argument("--config", default=None, help="teacher preset (default: teacher-demo's)")
+    p.add_argument("--prepare", action="store_true", help="measure `turbosync prepare` on each clip instead")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_media_memory.json")
     args = p.parse_args(argv)
 
@@ -75,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                    str(args.steps), "--out", str(Path(tmp) / f"out_{seconds:g}s.mp4")]  # fmt: skip
             if args.config:
                 cmd += ["--config", args.config]
+            if args.prepare:  # a folder holding just this clip
+                src = Path(tmp) / f"src_{seconds:g}s"
+                src.mkdir()
+                (src / clip.name).symlink_to(clip.resolve())
+                shards = Path(tmp) / f"shards_{seconds:g}s"
+                cmd = [sys.executable, "-m", "scripts.cli", "prepare", str(src), str(shards)]
             mb, wall, rc, last = peak_rss(cmd, args.repo, env)
             rows.append({"clip": str(clip), "seconds": seconds, "peak_rss_mb": round(mb, 1), "wall_s": round(wall, 1),
                          "exit_code": rc, "summary": last})  # fmt: skip
@@ -84,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         r["vs_first"] = round(r["peak_rss_mb"] / base - 1, 4)
     print("relative to the first clip: " + ", ".join(f"{r['seconds']:g} s {100 * r['vs_first']:+.1f}%" for r in rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"repo": str(args.repo), "steps": args.steps, "config": args.config, "rows": rows}
+    report = {"repo": str(args.repo), "command": "prepare" if args.prepare else "teacher-demo", "steps": args.steps,
+              "config": args.config, "rows": rows}  # fmt: skip
     args.out.write_text(json.dumps(report, indent=1))
     print(args.out)
     return 0 if all(r["exit_code"] == 0 for r in rows) else 1
