@@ -53,14 +53,15 @@ class SyncWindow:
         return cls(int(data["num_frames"]), int(data["resolution"]), bool(data.get("lower_half", True)))
 
 
-def _faces(path: Path, resolution: int, lower_half: bool) -> np.ndarray:
-    """uint8 ``[T, h, R, 3]`` of a shard's ``faces.mp4``, resized to R x R (area), lower half kept."""
+def _faces(path: Path | Any, resolution: int, lower_half: bool, index: np.ndarray | None = None) -> np.ndarray:
+    """uint8 ``[T, h, R, 3]`` of a shard's ``faces.mp4`` (a path or an open ``teacher.media.VideoReader``; every
+    frame or those in ``index``), resized to R x R (area), lower half kept."""
     import cv2
 
     from teacher.media import VideoReader
 
-    reader = VideoReader(path)
-    frames = reader.get_frames(np.arange(len(reader)))
+    reader = VideoReader(path) if isinstance(path, str | Path) else path
+    frames = reader.get_frames(np.arange(len(reader)) if index is None else index)
     if frames.shape[1] != resolution:
         frames = np.stack([cv2.resize(f, (resolution, resolution), interpolation=cv2.INTER_AREA) for f in frames])
     return np.ascontiguousarray(frames[:, resolution // 2:] if lower_half else frames)
@@ -78,7 +79,8 @@ class SyncPairDataset(Dataset):
         offsets: ``{shard name: {"offset": o, "lse_c": c}}`` or a JSON path (``estimate_offsets``); the
             audio of a shard is read ``o`` frames later. ``True`` reads ``root/sync_offsets.json``.
         min_confidence: shards whose ``lse_c`` in ``offsets`` is lower are left out.
-        cache: keep decoded faces and mels in memory (the toy world: a few MB a shard).
+        cache: keep every shard's decoded faces in memory (the toy world: a few MB a shard); otherwise each item
+            decodes its F frames (one reader per shard and worker). Mels are always kept (~1 KB a second).
 
     ``dataset[i]`` or ``dataset[(epoch, i)]`` -> dict (module docstring). Raises ValueError when no shard
     holds two windows the offsets allow.
@@ -111,6 +113,7 @@ class SyncPairDataset(Dataset):
         if not self.index:
             raise ValueError(f"no shard in {self.root} holds two {f}-frame windows (after offsets/confidence)")
         self._faces: dict[int, np.ndarray] = {}
+        self._readers: dict[int, Any] = {}
         self._mels: dict[int, torch.Tensor] = {}
 
     def _valid_starts(self, num_frames: int, offset: int) -> np.ndarray:
@@ -125,27 +128,28 @@ class SyncPairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def faces(self, k: int) -> np.ndarray:
-        if k in self._faces:
-            return self._faces[k]
-        w = self.window
-        out = _faces(self.shards[k].path / "faces.mp4", w.resolution, w.lower_half)
-        if self.cache:
-            self._faces[k] = out
-        return out
+    def faces(self, k: int, start: int) -> np.ndarray:
+        """uint8 ``[F, h, R, 3]``: frames ``start .. start + F`` of shard ``k`` at the window's size."""
+        w, f = self.window, self.window.num_frames
+        if not self.cache:
+            from teacher.media import VideoReader
+
+            if k not in self._readers:
+                self._readers[k] = VideoReader(self.shards[k].path / "faces.mp4")
+            return _faces(self._readers[k], w.resolution, w.lower_half, np.arange(start, start + f))
+        if k not in self._faces:
+            self._faces[k] = _faces(self.shards[k].path / "faces.mp4", w.resolution, w.lower_half)
+        return self._faces[k][start:start + f]
 
     def mel(self, k: int) -> torch.Tensor:
-        if k in self._mels:
-            return self._mels[k]
-        out = syncnet_mel(np.load(self.shards[k].path / "audio.npy"))
-        if self.cache:
-            self._mels[k] = out
-        return out
+        if k not in self._mels:
+            self._mels[k] = syncnet_mel(np.load(self.shards[k].path / "audio.npy"))
+        return self._mels[k]
 
     def pair(self, k: int, start: int, video_start: int) -> dict:
         """The mel window of frames ``start ..`` (offset-corrected) against the faces of ``video_start ..``."""
         f = self.window.num_frames
-        faces = torch.from_numpy(self.faces(k)[video_start:video_start + f])            # [F, h, R, 3] uint8
+        faces = torch.from_numpy(self.faces(k, video_start))                               # [F, h, R, 3] uint8
         images = faces.permute(0, 3, 1, 2).reshape(3 * f, *faces.shape[1:3]).float() / 127.5 - 1.0
         mel = mel_window(self.mel(k), start + self.shard_offsets[k], f, FPS)
         return {"images": images, "mel": mel, "y": torch.tensor(float(video_start == start)),

@@ -245,6 +245,8 @@ def train_syncnet(cfg: DictConfig) -> SyncRun:
     ``run.eval_every`` steps and at the end, and write the final network. Returns the finished run."""
     from tqdm import tqdm
 
+    from distill.recipe import _count_nonfinite
+
     run = setup(cfg)
     r = cfg.run
     bar = tqdm(total=int(r.max_steps), initial=run.state.step, desc="train-syncnet", unit="step",
@@ -254,7 +256,7 @@ def train_syncnet(cfg: DictConfig) -> SyncRun:
             t0 = time.perf_counter()
             logs, status = train_step(run)
             run.state.step += 1
-            run.state.nonfinite_total += status != "ok"
+            _count_nonfinite(run, status)  # raises NonFiniteLossError after run.max_consecutive_nonfinite in a row
             logs["pairs_per_s"] = int(cfg.data.batch_size) * int(r.grad_accum) * run.acc.num_processes / (
                 time.perf_counter() - t0)
             _record(run, "losses.jsonl", {**logs, "status": status}, "train")

@@ -218,13 +218,18 @@ def _distill(args: argparse.Namespace) -> int:
 
 def _train_syncnet(args: argparse.Namespace) -> int:
     import configs
+    from distill.recipe import NonFiniteLossError
     from distill.syncnet_train import train_syncnet
 
     try:
         cfg = configs.load(args.config, args.overrides)
     except USER_ERRORS as err:
         return _fail(err)
-    run = train_syncnet(cfg)
+    try:
+        run = train_syncnet(cfg)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     if run.acc.is_main_process:
         print(f"trained a SyncNet for {run.state.step} steps: {run.out / 'syncnet.pt'} "
               f"(held-out accuracy: {run.out / 'heldout.json'})")

@@ -94,6 +94,10 @@ def test_pairs_follow_the_rule(world):
     again = ds[(0, 0)]
     assert torch.equal(again["images"], items[0]["images"]) and torch.equal(again["mel"], items[0]["mel"])
     assert any(ds[(0, i)]["offset"] != ds[(1, i)]["offset"] for i in range(20))  # epochs draw anew
+    lazy = SyncPairDataset(world, WINDOW, min_offset=2, max_offset=4, seed=3, cache=False)  # reads F frames an item
+    for key in ((0, 5), (1, 40), (0, len(ds) - 1)):
+        a, b = ds[key], lazy[key]
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["mel"], b["mel"]) and a["y"] == b["y"]
     k, s = ds.index[7]
     audio = np.load(ds.shards[k].path / "audio.npy")
     assert torch.equal(ds.pair(k, s, s)["mel"], mel_window(syncnet_mel(audio), s, 4))
