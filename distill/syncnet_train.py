@@ -323,7 +323,7 @@ def _finish(run: SyncRun, heldout: dict | None) -> None:
         torch.save({"state_dict": state, "global_step": run.state.step}, run.out / "syncnet.pt")
         scfg = OmegaConf.merge(run.scfg, {"name": f"{run.scfg.get('name', 'syncnet')}_trained",
                                           "files": {"syncnet": str((run.out / "syncnet.pt").resolve())}})
-        OmegaConf.save(scfg, run.out / "syncnet.yaml", resolve=True)
+        OmegaConf.save(scfg, run.out / "syncnet.yaml")  # interpolations kept: move the file by editing files.syncnet
         summary = {"step": run.state.step, "syncnet_sha256": ckpt.weights_hash(run.plain),
                    "nonfinite_total": run.state.nonfinite_total, "heldout": heldout}
         (run.out / "heldout.json").write_text(json.dumps(summary, indent=1))
