@@ -72,6 +72,23 @@ def evaluate_pairs(net: nn.Module, dataset: SyncPairDataset, pairs: list[tuple[i
 
     Also ``accuracy_pos`` / ``accuracy_neg`` (per class) and ``pairs`` (how many).
     """
+    return pair_metrics(*pair_similarities(net, dataset, pairs, batch_size), threshold)
+
+
+def pair_metrics(s: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> dict[str, float]:
+    """``evaluate_pairs``' numbers from similarities ``s [N]`` and labels ``y [N]``."""
+    pos = y > 0.5
+    right = (s > threshold) == pos
+    bce = torch.nn.functional.binary_cross_entropy(s.clamp(0, 1), y)
+    return {"accuracy": float(right.float().mean()), "accuracy_pos": float(right[pos].float().mean()),
+            "accuracy_neg": float(right[~pos].float().mean()), "bce": float(bce),
+            "cos_pos": float(s[pos].mean()), "cos_neg": float(s[~pos].mean()), "pairs": len(s)}
+
+
+@torch.no_grad()
+def pair_similarities(net: nn.Module, dataset: SyncPairDataset, pairs: list[tuple[int, int, int]],
+                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(v, a) ``[N]`` and labels ``[N]`` of fixed pairs, the network in eval mode."""
     param = next(net.parameters())
     was_training = net.training
     net.eval()
@@ -83,13 +100,7 @@ def evaluate_pairs(net: nn.Module, dataset: SyncPairDataset, pairs: list[tuple[i
         sims.append(torch.nn.functional.cosine_similarity(v.float(), a.float(), dim=1).cpu())
         ys.append(torch.stack([it["y"] for it in items]))
     net.train(was_training)
-    s, y = torch.cat(sims), torch.cat(ys)
-    pos = y > 0.5
-    right = (s > threshold) == pos
-    bce = torch.nn.functional.binary_cross_entropy(s.clamp(0, 1), y)
-    return {"accuracy": float(right.float().mean()), "accuracy_pos": float(right[pos].float().mean()),
-            "accuracy_neg": float(right[~pos].float().mean()), "bce": float(bce),
-            "cos_pos": float(s[pos].mean()), "cos_neg": float(s[~pos].mean()), "pairs": len(pairs)}
+    return torch.cat(sims), torch.cat(ys)
 
 
 # =========================================================================== building from the config
