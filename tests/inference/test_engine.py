@@ -178,3 +178,29 @@ def test_engine_config_rejects_impossible_values():
     for kw in ({"chunk": 0}, {"chunk": 17}, {"chunk": 16, "context": 9}, {"steps": 5}, {"decoder": "taesd"}):
         with pytest.raises(ValueError):
             EngineConfig(**kw)
+
+
+def test_the_stream_noise_is_the_exports_unless_a_seed_is_given(world, tmp_path):
+    """seed=None takes ``noise_seed`` from the export's config.json (written by scripts/select_noise.py);
+    an explicit seed overrides it; an export without one uses 0."""
+    import dataclasses
+
+    from scripts.select_noise import parse_seeds, write_choice
+
+    bundle, avatar, audio = world
+    assert bundle.noise_seed == 0 and parse_seeds("0-2,7") == [0, 1, 2, 7]
+    folder = shutil.copytree(bundle.path, tmp_path / "student")
+    write_choice(folder, {"chosen_seed": 3, "seeds": {"3": {"sync_score": 0.5}}, "clips": 1, "clip_seed": 2000,
+                          "seconds": 1.0, "preset": "engine/toy", "command": "test"})  # fmt: skip
+    import student
+
+    chosen = dataclasses.replace(bundle, noise_seed=student.load_bundle(folder).noise_seed)
+    assert chosen.noise_seed == 3
+    assert json.loads((folder / "config.json").read_text())["noise_selection"]["chosen_seed"] == 3
+    short = audio[:16000]
+    cfg = EngineConfig(chunk=4, context=2, degrade=False)
+    default = np.stack(run(chosen, avatar, short, [len(short)], cfg))
+    explicit = np.stack(run(bundle, avatar, short, [len(short)], dataclasses.replace(cfg, seed=3)))
+    zero = np.stack(run(bundle, avatar, short, [len(short)], cfg))
+    assert np.array_equal(default, explicit)
+    assert not np.array_equal(default, zero)
