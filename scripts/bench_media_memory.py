@@ -1,11 +1,11 @@
-"""Peak resident memory of ``turbosync teacher-demo`` against the clip's length (issue 10, item 2).
+"""Peak resident memory of ``turbosync teacher-demo`` (or ``prepare``) against the clip's length (issue 10, item 2).
 
-Runs the teacher demo in a fresh subprocess per clip and reads that child's peak RSS from
-``os.wait4`` (the kernel's ``ru_maxrss``, the same number ``/usr/bin/time -v`` prints). The
-clips are the same talking face cut to several lengths: ``shared/cases/c12_talk_640x360_{4,16}s.mp4``
-when present, else (or with ``--make``) a synthetic talking face on a 640x360 canvas with its
-own audio, made in a separate process (a forked child's ``ru_maxrss`` starts from its parent's resident
-memory, so this process stays small; ``bench_rss_mb`` in the JSON is that floor). The DDIM step count does not change memory (every step reuses the chunk's buffers), so
+Runs the command in a fresh subprocess per clip and reads that child's peak RSS from ``os.wait4`` (the
+kernel's ``ru_maxrss``, the number ``/usr/bin/time -v`` prints). The clips are the same talking face cut to
+several lengths: ``shared/cases/c12_talk_640x360_{4,16}s.mp4`` when present, else (or with ``--make``) a
+synthetic talking face on a 640x360 canvas with its own audio, made in a separate process (a forked child's
+``ru_maxrss`` starts from its parent's resident memory, so this process stays small; ``bench_rss_mb`` in the
+JSON is that floor). The DDIM step count does not change memory (every step reuses the chunk's buffers), so
 ``--steps 2`` keeps the run short. Prints one line per clip and writes JSON::
 
     OMP_NUM_THREADS=1 python -m scripts.bench_media_memory --out outputs/bench_media_memory.json
