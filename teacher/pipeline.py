@@ -93,6 +93,7 @@ class LipsyncResult:
     num_frames: int = 0
     faceless: list[int] = field(default_factory=list)  # passed through: no face found
     too_small: list[int] = field(default_factory=list)  # passed through: only a face under the minimum box
+    turned: list[int] = field(default_factory=list)  # passed through: the face turned away or in profile
     note: str = ""  # why faces were missed, when known (e.g. "face too small (43 x 49 px, minimum 50 x 80 px)")
     seconds: dict[str, float] = field(default_factory=dict)
     out_path: Path | None = None
@@ -105,8 +106,10 @@ class LipsyncResult:
         """One line: frames edited, passed through and why (with frame ranges), times, output."""
         from teacher.face import _ranges
 
-        no_face = sorted(set(self.faceless) - set(self.too_small))
+        no_face = sorted(set(self.faceless) - set(self.too_small) - set(self.turned))
         why = [f"{len(no_face)} with no face ({_ranges(no_face)})"] if no_face else []
+        if self.turned:
+            why.append(f"{len(self.turned)} with the face turned away or in profile ({_ranges(self.turned)})")
         if self.too_small:
             why.append(f"{len(self.too_small)} with a {self.note or 'face too small'} ({_ranges(self.too_small)})")
         t = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
@@ -201,6 +204,8 @@ def lipsync_stream(
                 if seen is not None:
                     result.too_small.append(i)
                     small = seen if small is None or seen[0] * seen[1] > small[0] * small[1] else small
+                elif getattr(parts.aligner.landmarker, "turned_away", False):
+                    result.turned.append(i)
             else:
                 chunk.append((i, frame, face))
             t_align += time.perf_counter() - t0

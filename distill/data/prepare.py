@@ -61,8 +61,9 @@ class SourceRecord:
     reason: str = ""
     shards: list[str] = field(default_factory=list)
     frames: int = 0
-    faceless_frames: int = 0  # no face found (including too_small_frames)
+    faceless_frames: int = 0  # no face found (including too_small_frames and turned_frames)
     too_small_frames: int = 0  # only a face under the landmarker's minimum box
+    turned_frames: int = 0  # the face turned away or in profile
     shard_frames: int = 0  # frames written to shards
     short_run_frames: int = 0  # frames with a face in runs shorter than min_frames (within a scene)
     filtered_frames: int = 0  # frames of segments dropped by the sync filter
@@ -230,7 +231,9 @@ class _ShardStream:
         face, self.state = self.aligner.align_step(frame, self.state)
         if face is None:
             self.record.faceless_frames += 1
-            self.record.too_small_frames += getattr(self.aligner.landmarker, "too_small", None) is not None
+            small = getattr(self.aligner.landmarker, "too_small", None) is not None
+            self.record.too_small_frames += small
+            self.record.turned_frames += not small and bool(getattr(self.aligner.landmarker, "turned_away", False))
         if cut or face is None:
             self.close_run()
         if face is None:
@@ -333,9 +336,10 @@ class PrepareReport:
             self.skipped_files[rec.source] = rec.reason
         self.frames += rec.frames
         self.shard_frames += rec.shard_frames
-        no_face = rec.faceless_frames - rec.too_small_frames
+        no_face = rec.faceless_frames - rec.too_small_frames - rec.turned_frames
         rest = rec.frames - rec.shard_frames - rec.faceless_frames - rec.short_run_frames - rec.filtered_frames
         for why, k in (("with no face", no_face), ("with a face too small", rec.too_small_frames),
+                       ("with the face turned away or in profile", rec.turned_frames),
                        (f"in face runs under {min_frames} frames", rec.short_run_frames),
                        ("dropped by the sync filter", rec.filtered_frames), ("in videos too short", rest)):  # fmt: skip
             if k:

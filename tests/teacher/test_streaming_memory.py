@@ -198,3 +198,27 @@ def test_prepare_streams_shards_and_counts_every_frame(gappy_clip, tmp_path):
     assert line.endswith(
         "2 shards; 40 frames: 23 in shards, 17 left out (14 with no face, 3 in face runs under 8 frames)"
     )
+
+
+def test_summary_lines_name_each_reason():
+    from distill.data.prepare import PrepareReport, SourceRecord
+    from teacher.pipeline import LipsyncResult
+
+    r = LipsyncResult(frames=None, audio=np.zeros(0, np.float32), num_frames=30, faceless=[0, 1, 2, 7, 8, 20],
+                      too_small=[7, 8], turned=[20], note="face too small (40 x 45 px, minimum 50 x 80 px)",
+                      seconds={"align": 1.0})  # fmt: skip
+    assert r.summary() == (
+        "30 frames: 24 edited, 6 passed through: 3 with no face (0-2); 1 with the face turned away or in profile "
+        "(20); 2 with a face too small (40 x 45 px, minimum 50 x 80 px) (7-8) (align 1.00 s)"
+    )
+    report = PrepareReport(sources=2)
+    report.add(SourceRecord("a.mp4", "ok", shards=["a_s000"], frames=50, faceless_frames=6, too_small_frames=2,
+                            turned_frames=1, shard_frames=40, short_run_frames=4), min_frames=16)  # fmt: skip
+    report.add(SourceRecord("b.mp4", "skipped", "too short: 9 frames with audio (< 16)", frames=9), min_frames=16)
+    lines = report.summary().splitlines()
+    assert lines[0] == "  skipped b.mp4: too short: 9 frames with audio (< 16)"
+    assert lines[1] == (
+        "2 source videos: 1 prepared, 1 skipped, 0 already done; 1 shards; 59 frames: 40 in shards, 19 left out "
+        "(3 with no face, 2 with a face too small, 1 with the face turned away or in profile, "
+        "4 in face runs under 16 frames, 9 in videos too short)"
+    )
