@@ -40,7 +40,7 @@ from losses.sync import sync_bce
 from losses.syncnet import StableSyncNet, load_syncnet
 
 __all__ = ["syncnet_step", "syncnet_config", "build_syncnet", "ensure_sync_data", "evaluate_pairs",
-           "train_syncnet", "SyncRun"]
+           "export_syncnet", "pair_metrics", "pair_similarities", "train_syncnet", "SyncRun"]
 
 BATCH_KEYS = ("images", "mel", "y")
 
@@ -341,6 +341,30 @@ def _finish(run: SyncRun, heldout: dict | None) -> None:
         run.writer.close()
     acc.wait_for_everyone()
     acc.end_training()
+
+
+def export_syncnet(run_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a finished run's network into ``out_dir``: ``syncnet.pt`` (``{"state_dict"}`` in ``dtype``;
+    ``load_syncnet`` computes in float32), ``syncnet.yaml`` (its preset, ``files.syncnet`` = ``${repo:...}`` inside
+    the repository, else the absolute path) and ``train.json`` (the run's ``heldout.json`` and config)."""
+    run_dir, out = Path(run_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = torch.load(run_dir / "syncnet.pt", map_location="cpu", weights_only=True)
+    torch.save({"state_dict": {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["state_dict"].items()},
+                "global_step": state.get("global_step")}, out / "syncnet.pt")
+    path = (out / "syncnet.pt").resolve()
+    try:
+        ref = "${repo:" + str(path.relative_to(configs.REPO_DIR)) + "}"
+    except ValueError:
+        ref = str(path)
+    scfg = OmegaConf.load(run_dir / "syncnet.yaml")
+    scfg.files.syncnet = ref
+    OmegaConf.save(scfg, out / "syncnet.yaml")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    summary = {**json.loads((run_dir / "heldout.json").read_text()), "dtype": str(dtype).removeprefix("torch."),
+               "config": OmegaConf.to_container(cfg)}
+    (out / "train.json").write_text(json.dumps(summary, indent=1))
+    return out
 
 
 # =========================================================================== checkpoints

@@ -188,6 +188,11 @@ def test_train_syncnet_end_to_end_and_exact_resume(tmp_path, world, monkeypatch)
     assert ckpt.weights_hash(net) == summary["syncnet_sha256"]
     scfg = configs.load(straight / "syncnet.yaml")
     assert Path(scfg.files.syncnet) == (straight / "syncnet.pt").resolve() and scfg.data.num_frames == 4
+    small = st.export_syncnet(straight, tmp_path / "export")  # float16 weights, computed in float32
+    half = load_syncnet(configs.load(small / "syncnet.yaml").files.syncnet, small / "syncnet.yaml")
+    assert next(half.parameters()).dtype == torch.float32
+    for a, b in zip(half.state_dict().values(), net.state_dict().values()):
+        torch.testing.assert_close(a, b.half().float())
 
     crashed = tmp_path / "crashed"
     real_save = st.save_checkpoint
