@@ -96,6 +96,20 @@ class Pool:
             w.close()
 
 
+class AvatarJpegs:
+    """The avatar's own frames as JPEGs (what leaves when the engine is late), encoded once, shared by sessions."""
+
+    def __init__(self, path: Path):
+        self.frames = np.load(path, mmap_mode="r")
+        self.count = len(self.frames)
+        self._jpegs: dict[int, bytes] = {}
+
+    def __call__(self, k: int) -> bytes:
+        if k not in self._jpegs:
+            self._jpegs[k] = encode_jpeg(np.asarray(self.frames[k]))
+        return self._jpegs[k]
+
+
 class SessionClosed(Exception):
     """Ends a session; ``code`` and ``reason`` go to the client in the close frame."""
 
@@ -126,6 +140,7 @@ class Session:
         self.skip = 0  # fed samples the engine does not get (up to its restart point)
         self.resyncs = 0
         self.last_level = "full"
+        self.lateness: list[float] = []
         self.ended = asyncio.get_running_loop().create_future()
 
     # worker side ------------------------------------------------------------------------------------------
@@ -134,15 +149,19 @@ class Session:
             while self.worker.conn.poll():
                 msg = self.worker.conn.recv()
                 if msg[0] == "frames":
-                    _, first, level, jpegs = msg
+                    _, first, level, jpegs, last = msg
                     self.engine_frames += len(jpegs)
                     for j, jpeg in enumerate(jpegs):
                         if self.engine_base + first + j >= self.next_out:  # a frame that missed its time: dropped
                             self.ready[self.engine_base + first + j] = (jpeg, level)
                     self.engine_next = self.engine_base + first + len(jpegs)
+                    if jpegs:  # how long after its time the engine's last frame came (negative: in time)
+                        due = frame_due(self.t0, self.cfg.latency, self.engine_next - 1)
+                        self.lateness.append(time.perf_counter() - due)
                     self.last_level = level if jpegs else self.last_level
-                    self.pending = False
-                    self._maybe_resync()
+                    if last:  # the worker is idle again
+                        self.pending = False
+                        self._maybe_resync()
                 elif msg[0] == "ended":
                     self.pending = False
                     if not self.ended.done():
@@ -187,7 +206,7 @@ class Session:
         from inference.avatar import pingpong
 
         k = i - self.engine_base if i >= self.engine_base else i  # the avatar frame the engine would use
-        return encode_jpeg(np.asarray(self.avatar_frames[int(pingpong(k, len(self.avatar_frames)))]))
+        return self.avatar_frames(int(pingpong(k, self.avatar_frames.count)))
 
     async def _emit(self, now: float) -> None:
         while now >= frame_due(self.t0, self.cfg.latency, self.next_out):
@@ -210,13 +229,14 @@ class Session:
         recent = [lv for t, lv in self.sent_log if t > now - 1.0]
         self.sent_log = [x for x in self.sent_log if x[0] > now - 1.0]
         levels = {lv: recent.count(lv) for lv in set(recent)}
+        self.lateness, lateness = [], self.lateness
         behind = any(lv != "full" for lv in recent)
         c = self.clock
         return {"type": "stats", "fps": len(recent), "levels": levels, "behind": behind,
                 "latency_ms": round(1000 * self.cfg.latency), "padded_s": round(c.padded / SAMPLE_RATE, 2),
                 "dropped_s": round(c.dropped / SAMPLE_RATE, 2), "frames": self.next_out,
                 "engine_frames": self.engine_frames, "fed_s": round(c.fed / SAMPLE_RATE, 2),
-                "resyncs": self.resyncs}  # fmt: skip
+                "resyncs": self.resyncs, "engine_ms_after_due": _median_ms(lateness)}  # fmt: skip
 
     async def pace(self) -> None:
         """The session's clock: feed the engine, send due frames, stats every second."""
@@ -253,6 +273,10 @@ class Session:
                 break
 
 
+def _median_ms(x: list[float]) -> float | None:
+    return round(1000 * float(np.median(x)), 1) if x else None
+
+
 def _json(text: str) -> dict:
     try:
         data = json.loads(text)
@@ -281,7 +305,7 @@ class LiveApp:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.pool = Pool(cfg.spec, cfg.sessions, cfg.engine)
-        self.avatar_frames = np.load(Path(cfg.spec.avatar) / "frames.npy", mmap_mode="r")
+        self.avatar_frames = AvatarJpegs(Path(cfg.spec.avatar) / "frames.npy")
         self.next_sid = 1
         self.closed: list[tuple[int, int, str]] = []  # (session, code, reason), for the log and the tests
         self.app = web.Application()

@@ -6,12 +6,13 @@ complaint of the anchors, DESIGN section 5). The serving process and a worker ta
 
     serving process -> worker                        worker -> serving process
     ("start", out_path | None[, level])              ("ready", {"frames": T})         once, after forking
-    ("audio", float32 [n])   one at a time           ("frames", first, level, [jpeg])  one per "audio"
+    ("audio", float32 [n])   one at a time           ("frames", first, level, [jpeg], last)  per chunk made
     ("end",)                                          ("ended", stats)                  after the flush
     ("abort",)  the session ends unflushed            ("error", message)                and the worker exits
     ("quit",)   the worker exits
 
-Each "audio" is answered by exactly one "frames" (possibly empty), so the serving process never has more
+Each "audio" is answered by "frames" messages as its chunks are made, the last with ``last`` True (possibly
+with no frames), so the serving process never has more
 than one message in flight and never blocks on a full pipe. ``out_path``: the session's frames are also
 written there with the same ``VideoWriter`` as ``turbosync lipsync`` (audio = what the engine was fed).
 """
@@ -108,22 +109,22 @@ def _session(conn, engine, out_path: str | None, level: str = "full") -> str:
     try:
         while True:
             msg = conn.recv()
-            if msg[0] == "audio":
-                before = dict(state.stats["levels"])
-                frames, state = step(state, msg[1])
-            elif msg[0] == "end":
-                before = dict(state.stats["levels"])
-                frames, state = flush(state)
-            else:  # "abort" or "quit": leave without a flush
+            if msg[0] not in ("audio", "end"):  # "abort" or "quit": leave without a flush
                 return msg[0]
-            level = next((k for k in reversed(LEVELS) if state.stats["levels"][k] > before[k]), "full")
-            if writer is not None:
-                if msg[0] == "audio":
-                    writer.write_audio(np.asarray(msg[1], np.float32))
+            if msg[0] == "audio" and writer is not None:
+                writer.write_audio(np.asarray(msg[1], np.float32))
+            # 40 ms at a time, so a backlog of several chunks leaves chunk by chunk, each as soon as it is made
+            pieces = [msg[1][s : s + 640] for s in range(0, len(msg[1]), 640)] if msg[0] == "audio" else [None]
+            for k, piece in enumerate(pieces):
+                before = dict(state.stats["levels"])
+                frames, state = step(state, piece) if piece is not None else flush(state)
+                level = next((lv for lv in reversed(LEVELS) if state.stats["levels"][lv] > before[lv]), "full")
                 for f in frames:
-                    writer.write(f)
-            conn.send(("frames", n, level, [encode_jpeg(f) for f in frames]))
-            n += len(frames)
+                    if writer is not None:
+                        writer.write(f)
+                if frames or k == len(pieces) - 1:
+                    conn.send(("frames", n, level, [encode_jpeg(f) for f in frames], k == len(pieces) - 1))
+                n += len(frames)
             if msg[0] == "end":
                 if writer is not None:
                     writer.close()

@@ -132,7 +132,7 @@ async function toggleMic() {
   if (micStream) {
     micStream.getTracks().forEach((t) => t.stop());
     micNode.disconnect(); micStream = null; ts.micOn = false;
-    $("mic").textContent = "Microphone on";
+    $("mic").textContent = "Start microphone";
     ws.send(JSON.stringify({ type: "mic", on: false }));
     return;
   }
@@ -144,7 +144,7 @@ async function toggleMic() {
   const mute = ctx.createGain();  // keeps the capture node pulled by the graph, silently
   mute.gain.value = 0; micNode.connect(mute); mute.connect(ctx.destination);
   ts.micOn = true;
-  $("mic").textContent = "Microphone off";
+  $("mic").textContent = "Stop microphone";
   ws.send(JSON.stringify({ type: "mic", on: true }));
 }
 

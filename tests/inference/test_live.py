@@ -76,6 +76,20 @@ def test_stream_without_degradation_writes_the_frames_of_lipsync(assets, tmp_pat
     assert np.abs(fa - fb).sum() / np.abs(fb).sum() < 1e-4
 
 
+def test_stream_file_hands_every_frame_and_its_audio_to_a_callback(assets):
+    from inference.live import stream_file
+    from inference.run import load_engine_config
+    from scripts.cli import TOY_STUDENT
+
+    audio, got = assets["speech"].audio[:16000], []
+    cfg = load_engine_config(degrade=False)
+    report = stream_file(TOY_STUDENT, None, None, avatar=assets["avatar"], audio=audio, cfg=cfg,
+                         on_frame=lambda i, f, a: got.append((i, f, a)))  # fmt: skip
+    assert report.frames == 25 and [i for i, _, _ in got] == list(range(25))
+    assert all(f.shape == (256, 256, 3) and np.array_equal(a, audio[640 * i : 640 * (i + 1)]) for i, f, a in got)
+    assert len(report.lateness) == 25 and report.latency > 1.0
+
+
 def test_stream_errors_are_one_line(assets, capsys):
     from scripts.cli import main
 

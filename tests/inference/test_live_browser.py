@@ -42,6 +42,11 @@ def test_two_pages_stream_at_25_fps_with_the_voice_on_the_lips(tmp_path):
         time.sleep(loop_s - 2.0)
         a.record(False)
         data_a, data_b = a.take(), b.take()
+        a.page.click("#mic")  # the microphone off and on again: the session streams on, no restart
+        time.sleep(1.5)
+        a.page.click("#mic")
+        time.sleep(1.5)
+        after = a.take()
         browser.close()
     ra, rb = analyse(data_a, a.frames, truth, reference), analyse(data_b, b.frames, truth, reference, skip_s=0.0)
     print("page A", _brief(ra), "\npage B", _brief(rb), "\nserver:", proc.stderr.read())
@@ -50,6 +55,8 @@ def test_two_pages_stream_at_25_fps_with_the_voice_on_the_lips(tmp_path):
         assert r["frames_shown"] > 100 and abs(r["fps"] - 25) <= 1, _brief(r)
         assert data["energy"] > 1.0, data  # audio was played
         assert abs(r["timing"]["mean_ms"]) <= 40 and abs(r["timing"]["median_ms"]) <= 40, r["timing"]
+    assert after["closed"] is None and len(after["log"]) >= 50, (after["closed"], len(after["log"]))
+    assert after["stats"]["padded_s"] > data_a["stats"]["padded_s"]  # the silence while the mic was off
     heard = ra["heard_audio"]
     assert heard["correlation_with_microphone"] > 0.3 and heard["rms"] > 0.01, heard  # the voice is the mic's
     # The pause: every frame drawn while its audio is in the middle of the silence has a closed, still mouth,
