@@ -71,22 +71,27 @@ class InputClock:
     rate: int = SAMPLE_RATE
     jitter: float = 0.1
     max_buffer: float = 0.4
-    max_ahead: float = 2.0
+    max_ahead: float = 5.0
     fed: int = 0
     padded: int = 0
     dropped: int = 0
     received: int = 0
     first_push: float | None = None
+    _credit: float = 0.0  # seconds of audio a sender may still deliver ahead of 1.25 x real time
+    _last_push: float = 0.0
     _buf: list[np.ndarray] = field(default_factory=list)
     _buffered: int = 0
 
     def push(self, samples: np.ndarray, now: float) -> None:
         """Store float32 mono samples at 16 kHz; InputError when the sender runs far faster than real time."""
         if self.first_push is None:
-            self.first_push = now
+            self.first_push, self._last_push, self._credit = now, now, self.max_ahead
         self.received += len(samples)
-        allowed = (now - self.first_push + self.max_ahead) * self.rate
-        if self.received > allowed:
+        # A leaky bucket: 1.25 s of audio per second refills it (a fast sender clock, catching up after a stall),
+        # up to max_ahead seconds of burst; 48 kHz audio sent as 16 kHz empties it within seconds.
+        self._credit = min(self.max_ahead, self._credit + 1.25 * (now - self._last_push)) - len(samples) / self.rate
+        self._last_push = now
+        if self._credit < 0:
             got = f"{self.received / self.rate:.1f} s in {now - self.first_push:.1f} s"
             raise InputError(f"audio arrives faster than real time at {self.rate} Hz ({got}): wrong sample rate?")
         self._buf.append(np.asarray(samples, np.float32))

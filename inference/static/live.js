@@ -10,7 +10,8 @@ const ts = window.ts = {
   log: [], heardEnergy: 0, blocks: 0, recording: [], record: false, closed: null, ready: null, stats: null,
   reanchors: 0, received: 0, micOn: false,
 };
-let ctx, ws, tap, T0 = null, frames = new Map(), shownIndex = -1, micStream = null, micNode = null, seq = 0;
+let ctx, ws, tap, T0 = null, frames = new Map(), shownIndex = -1, micStream = null, micNode = null, micSource = null;
+let seq = 0;
 let pendingMic = [], pendingLen = 0;
 
 function heardClock() {
@@ -131,13 +132,14 @@ function sendMic(block) {
 async function toggleMic() {
   if (micStream) {
     micStream.getTracks().forEach((t) => t.stop());
-    micNode.disconnect(); micStream = null; ts.micOn = false;
+    micSource.disconnect(); micNode.port.onmessage = null; micNode.disconnect();
+    micStream = null; ts.micOn = false;
     $("mic").textContent = "Start microphone";
     ws.send(JSON.stringify({ type: "mic", on: false }));
     return;
   }
   micStream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
-  const src = ctx.createMediaStreamSource(micStream);
+  const src = micSource = ctx.createMediaStreamSource(micStream);
   micNode = new AudioWorkletNode(ctx, "capture");
   micNode.port.onmessage = (e) => sendMic(e.data);
   src.connect(micNode);

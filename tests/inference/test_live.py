@@ -186,7 +186,7 @@ async def _misbehave_once(url: str, kind: str):
             except (ConnectionError, OSError):
                 pass
         elif kind == "fast_audio":  # 48 kHz audio labelled 16 kHz: three times real time
-            for k in range(150):
+            for k in range(400):
                 if ws.closed:
                     break
                 try:
@@ -232,7 +232,9 @@ def test_misbehaving_clients_are_closed_with_a_reason_while_another_keeps_25_fps
     assert closes["random_text"][0] == 1007 and "not JSON" in closes["random_text"][1]
     assert closes["huge"][0] == 1009 and "closed (1009): message too big" in log, (closes["huge"], log)
     assert closes["rate_hello"][0] == 1003 and "16000 Hz" in closes["rate_hello"][1]
-    assert closes["fast_audio"][0] == 1003 and "faster than real time" in closes["fast_audio"][1]
+    # A client still sending when its session is closed may lose the close frame to the reset (then 1006);
+    # the server's log has the reason either way.
+    assert closes["fast_audio"][0] in (1003, 1006) and "closed (1003): audio arrives faster than real time" in log
     assert "client left" in log, log[-2000:]
     times = np.array([t for t, _ in good["frames"]])
     idx = [f["index"] for _, f in good["frames"]]
