@@ -293,18 +293,25 @@ def video_end(path: str | os.PathLike) -> float:
             raise MediaError(f"{path}: no video stream (empty or audio-only file)")
         stream = container.streams.video[0]
         time_base, native = _frame_times(stream)
+        count, stamped, first, last = 0, 0, None, None  # packets, with pts; min and max pts (nothing is kept)
         try:
-            packets = [p for p in container.demux(stream) if p.size]
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue
+                count += 1
+                if packet.pts is not None:
+                    stamped += 1
+                    first = packet.pts if first is None else min(first, packet.pts)
+                    last = packet.pts if last is None else max(last, packet.pts)
         except av.FFmpegError as e:
             raise MediaError(f"{path}: corrupt video stream ({e})") from e
-        pts = [p.pts for p in packets if p.pts is not None]
-        if not packets:
+        if not count:
             raise MediaError(f"{path}: video stream has no frames")
-        if len(pts) < len(packets):  # no timestamps: frames at the native rate
-            return _stream_lead(container, stream) + len(packets) / native
+        if stamped < count:  # no timestamps: frames at the native rate
+            return _stream_lead(container, stream) + count / native
         t0 = _stream_start(stream)
-        t0 = min(pts) * time_base if t0 is None else t0
-        return float(max(pts) * time_base - t0) + _stream_lead(container, stream) + 1.0 / native
+        t0 = first * time_base if t0 is None else t0
+        return float(last * time_base - t0) + _stream_lead(container, stream) + 1.0 / native
     finally:
         container.close()
 
