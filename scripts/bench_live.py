@@ -114,6 +114,7 @@ class PageProbe:
         """The page's log and recording since the last call (both emptied on the page)."""
         return self.page.evaluate("""() => { const d = {log: ts.log, recording: ts.recording, stats: ts.stats,
             closed: ts.closed, energy: ts.heardEnergy, blocks: ts.blocks, reanchors: ts.reanchors,
+            catchups: ts.catchups,
             state: ctx ? ctx.state : null, rate: ctx ? ctx.sampleRate : null, ready: ts.ready};
             ts.log = []; ts.recording = []; return d; }""")
 
@@ -123,7 +124,8 @@ def analyse(data: dict, frames: dict, truth: np.ndarray, reference: np.ndarray, 
     from inference.live_measure import content_offset, locate, mouth_of_jpegs, timing_offset
 
     log = [e for e in data["log"] if e["shown"] >= data["log"][0]["shown"] + 1000 * skip_s] if data["log"] else []
-    out: dict = {"frames_shown": len(log), "reanchors": data["reanchors"], "audio_state": data["state"],
+    out: dict = {"frames_shown": len(log), "reanchors": data["reanchors"], "catchups": data.get("catchups"),
+                 "audio_state": data["state"],
                  "audio_rate": data["rate"], "stats": data["stats"]}  # fmt: skip
     if len(log) < 2:
         return out
@@ -137,8 +139,9 @@ def analyse(data: dict, frames: dict, truth: np.ndarray, reference: np.ndarray, 
     out["levels"] = {lv: levels.count(lv) for lv in sorted(set(levels))}
     if data["recording"]:
         ref_start, peak = locate(data["recording"], reference)
-        out["heard_audio"] = {"correlation_with_microphone": peak, "rms": float(np.sqrt(np.mean(np.concatenate(
-            [np.asarray(b["samples"], np.float32) for b in data["recording"]]) ** 2)))}  # fmt: skip
+        played = np.concatenate([np.asarray(b["samples"], np.float32) for b in data["recording"]])
+        out["heard_audio"] = {"correlation_with_microphone": peak, "clip_start_heard_at_ms": ref_start,
+                              "rms": float(np.sqrt(np.mean(played**2)))}  # fmt: skip
         have = [k for k, i in enumerate(idx) if int(i) in frames]
         mouth = np.full(len(idx), np.nan, np.float32)
         mouth[have] = mouth_of_jpegs([frames[int(idx[k])][0] for k in have])
@@ -188,6 +191,9 @@ def main(argv=None) -> int:
     report = {"minutes_between_windows": args.minutes, "window_s": args.window, "start": start, "end": end,
               "wall_s": time.time() - t0, "load_average": os.getloadavg(), "cpus": os.cpu_count(),
               "drift_ms": {"timing": end["timing"]["mean_ms"] - start["timing"]["mean_ms"]}}  # fmt: skip
+    if "heard_audio" in start and "heard_audio" in end:  # the microphone-to-ear path (input clock padding included)
+        report["drift_ms"]["voice_path"] = (end["heard_audio"]["clip_start_heard_at_ms"]
+                                            - start["heard_audio"]["clip_start_heard_at_ms"])  # fmt: skip
     if "content" in start and "content" in end:
         report["drift_ms"]["content"] = end["content"]["offset_ms"] - start["content"]["offset_ms"]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,10 @@ const LEVELS = ["full", "one_step", "tiny_decoder", "pass_through", "late"];
 const $ = (id) => document.getElementById(id);
 const ts = window.ts = {
   log: [], heardEnergy: 0, blocks: 0, recording: [], record: false, closed: null, ready: null, stats: null,
-  reanchors: 0, received: 0, micOn: false,
+  reanchors: 0, catchups: 0, received: 0, micOn: false,
 };
 let ctx, ws, tap, T0 = null, frames = new Map(), shownIndex = -1, micStream = null, micNode = null, micSource = null;
-let seq = 0;
+let seq = 0, minAhead = Infinity, aheadSince = 0;
 let pendingMic = [], pendingLen = 0;
 
 function heardClock() {
@@ -31,6 +31,14 @@ function onFrame(buf) {
   if (T0 === null || T0 + i * FRAME_S < ctx.currentTime + 0.005) {
     if (T0 !== null) ts.reanchors++;  // the frame came too late to play on time: start the timeline again
     T0 = ctx.currentTime + BUFFER_S - i * FRAME_S;
+  }
+  // Latency stays put: when every packet of the last second came more than 50 ms earlier than the buffer needs
+  // (a restart after a stall left the timeline late), the timeline moves back by the surplus.
+  const ahead = T0 + i * FRAME_S - ctx.currentTime;
+  minAhead = Math.min(minAhead, ahead);
+  if (ctx.currentTime - aheadSince > 1.0) {
+    if (minAhead > BUFFER_S + 0.05) { T0 -= minAhead - BUFFER_S; ts.catchups++; }
+    minAhead = Infinity; aheadSince = ctx.currentTime;
   }
   const ab = ctx.createBuffer(1, n, RATE), ch = ab.getChannelData(0);
   for (let k = 0; k < n; k++) ch[k] = pcm[k] / 32767;
@@ -72,7 +80,7 @@ function updatePanel() {
     $("latency").textContent = `${(s.latency_ms + 1000 * BUFFER_S).toFixed(0)} ms (engine + pacing ${s.latency_ms}, page buffer ${1000 * BUFFER_S})`;
     $("banner").textContent = s.behind ? "This machine cannot keep up at full quality: the engine is degrading to keep 25 fps." : "";
   }
-  $("audio").textContent = ctx ? `${ctx.state}, ${ctx.sampleRate} Hz, ${ts.heardEnergy > 0 ? "playing" : "silent"}${ts.reanchors ? `, ${ts.reanchors} restarts` : ""}` : "-";
+  $("audio").textContent = ctx ? `${ctx.state}, ${ctx.sampleRate} Hz, ${ts.heardEnergy > 0 ? "playing" : "silent"}${ts.reanchors ? `, ${ts.reanchors} restarts` : ""}${ts.catchups ? `, ${ts.catchups} catch-ups` : ""}` : "-";
 }
 
 async function start() {

@@ -141,13 +141,13 @@ def test_av_sync_by_content_through_engine_pacing_and_websocket(assets):
     from inference.live_measure import content_offset, locate, mouth_of_jpegs
 
     sp = assets["speech"]
-    with server("--avatar", str(assets["avatar"]), "--audio", str(assets["wav"]), "--no-degrade", "--delay", "10",
+    with server("--avatar", str(assets["avatar"]), "--audio", str(assets["wav"]), "--no-degrade", "--delay", "6",
                 "--sessions", "1") as (_, url):  # fmt: skip
-        r = asyncio.run(_receive(url, None, 10 + 1.2 + 3.0 + 1.5))
+        r = asyncio.run(_receive(url, None, 6 + 1.2 + 3.0 + 1.5))
     frames = [f for _, f in r["frames"]]
     assert [f["index"] for f in frames] == list(range(len(frames))) and len(frames) >= 75
     full = [f for f in frames[:75] if f["level"] == "full"]  # the rest came later than the delay: avatar frames
-    assert len(full) >= 20, f"only {len(full)} of 75 frames came from the engine within the 10 s delay"
+    assert len(full) >= 20, f"only {len(full)} of 75 frames came from the engine within the 6 s delay"
     times = np.array([t for t, _ in r["frames"]])
     assert abs((len(times) - 1) / (times[-1] - times[0]) - 25) <= 1
     blocks = [{"perf": 40.0 * f["index"], "samples": f["audio"]} for f in frames]
