@@ -213,7 +213,9 @@ def test_misbehaving_clients_are_closed_with_a_reason_while_another_keeps_25_fps
     import aiohttp
 
     async def run(url):
-        good = asyncio.ensure_future(_receive(url, np.tile(assets["speech"].audio, 4), 16.0))
+        names = {"student": "/etc/passwd", "avatar": "/root", "audio": "/etc/shadow", "preset": "../../x"}  # ignored
+        hello = {"type": "hello", "sample_rate": 16000, **names}
+        good = asyncio.ensure_future(_receive(url, np.tile(assets["speech"].audio, 4), 16.0, hello=hello))
         await asyncio.sleep(3.0)
         closes = {}
         for kind in ("random_bytes", "random_text", "huge", "rate_hello", "fast_audio", "drop"):
