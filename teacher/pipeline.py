@@ -26,6 +26,7 @@ import torch
 
 from teacher.audio import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from teacher.audio_windows import WhisperWindows
+from teacher.media import trim_heap
 from teacher.sampler import OFFICIAL_W
 from teacher.video_source import VideoSource, pingpong_indices
 
@@ -192,6 +193,7 @@ def lipsync_stream(
             sink(edited.pop(i, frame))
             written += 1
             bar.update()
+        trim_heap()  # the chunk's frames and tensors are freed: give the pages back
 
     state, chunk = None, []
     try:

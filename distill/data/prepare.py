@@ -174,7 +174,7 @@ def process_video(source: Path, key: str, out_dir: Path, cfg: PrepareConfig, ali
     audio and meta, and is renamed into place.
     """
     from teacher.audio_windows import WhisperWindows
-    from teacher.media import iter_video_frames, read_audio
+    from teacher.media import iter_video_frames, read_audio, trim_heap
     from teacher.video_source import VideoSource
 
     VideoSource(source).close()  # a missing, corrupt or video-less file fails here, before the audio
@@ -189,6 +189,8 @@ def process_video(source: Path, key: str, out_dir: Path, cfg: PrepareConfig, ali
             return SourceRecord(str(source), "skipped", why, frames=len(head))
         for frame in itertools.islice(itertools.chain(head, frames), n_audio):
             stream.add(frame)
+            if stream.record.frames % 64 == 0:
+                trim_heap()  # freed frames back to the OS (see teacher.media.trim_heap)
         stream.close_run()
     except BaseException:
         stream.discard()
