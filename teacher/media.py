@@ -466,6 +466,10 @@ class VideoWriter:
             self._audio = self._container.add_stream("aac", rate=AAC_RATE)
             self._audio.layout = "mono"
 
+    @property
+    def frames_written(self) -> int:
+        return self._n_frames
+
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 [H, W, 3] frame."""
         frame = np.asarray(frame)
