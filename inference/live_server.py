@@ -372,25 +372,37 @@ class LiveApp:
         finally:
             for t in tasks:
                 t.cancel()
-            await self._release(session, out is not None)
-            loop.remove_reader(worker.conn.fileno())
+            # The session is over now; its engine goes back to the pool once it has finished its chunk.
+            asyncio.ensure_future(self._release(session, out is not None))
 
     async def _release(self, session: Session, flush: bool) -> None:
-        """Finish the worker's session (flush and write the mp4 when recording) and give the worker back."""
+        """Finish the worker's session (flush and write the mp4 when recording), stop listening to it, and give
+        it back to the pool (or replace it when it did not answer)."""
         worker = session.worker
+        ok = False
+        try:
+            ok = await self._finish(session, flush)
+        finally:
+            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+            if ok:
+                self.pool.free.append(worker)
+            else:
+                self.pool.replace(worker)
+
+    async def _finish(self, session: Session, flush: bool) -> bool:
         deadline = time.perf_counter() + 30.0
         while session.pending and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
+        if session.pending:
+            return False
         try:
-            if session.pending:
-                raise TimeoutError
-            worker.conn.send(("end",) if flush else ("abort",))
+            session.worker.conn.send(("end",) if flush else ("abort",))
             if flush:
                 session.pending = True
                 await asyncio.wait_for(session.ended, 60.0)
-            self.pool.free.append(worker)
         except (TimeoutError, OSError, RuntimeError):
-            self.pool.replace(worker)
+            return False
+        return True
 
 
 async def serve(cfg: ServeConfig, started=None) -> None:

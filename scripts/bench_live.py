@@ -104,6 +104,7 @@ class PageProbe:
         self.page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
         self.page.goto(url)
         self.page.click("#start")
+        self.page.wait_for_function("ts.ready !== null && ts.received > 0", timeout=120_000)  # streaming
 
     def record(self, on: bool) -> None:
         """Start / stop recording the played audio on the page (and keeping frames here)."""

@@ -89,6 +89,7 @@ async function start() {
   await ctx.audioWorklet.addModule("/static/tap-worklet.js");
   await ctx.audioWorklet.addModule("/static/capture-worklet.js");
   tap = new AudioWorkletNode(ctx, "tap");
+  tap.port.postMessage(ts.record);  // recording may have been asked for before the tap existed
   tap.connect(ctx.destination);
   tap.port.onmessage = (e) => {
     const d = e.data;
