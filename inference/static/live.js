@@ -78,7 +78,7 @@ function updatePanel() {
     const lv = Object.entries(s.levels).map(([k, v]) => `${k} ${v}`).join(", ");
     $("engine").textContent = `${s.fps} frames/s sent (${lv})`;
     $("latency").textContent = `${(s.latency_ms + 1000 * BUFFER_S).toFixed(0)} ms (engine + pacing ${s.latency_ms}, page buffer ${1000 * BUFFER_S})`;
-    $("banner").textContent = s.behind ? "This machine cannot keep up at full quality: the engine is degrading to keep 25 fps." : "";
+    $("banner").textContent = s.behind ? "This machine cannot keep up at full quality: frames are degraded or replaced by the idle avatar to keep 25 fps." : "";
   }
   $("audio").textContent = ctx ? `${ctx.state}, ${ctx.sampleRate} Hz, ${ts.heardEnergy > 0 ? "playing" : "silent"}${ts.reanchors ? `, ${ts.reanchors} restarts` : ""}${ts.catchups ? `, ${ts.catchups} catch-ups` : ""}` : "-";
 }
