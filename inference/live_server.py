@@ -72,6 +72,7 @@ class Pool:
         self.engine = engine or load_engine(spec)
         self.workers = [Worker(self.engine) for _ in range(size)]
         self.free: list[Worker] = []
+        self.closing = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -80,18 +81,25 @@ class Pool:
         self.free = list(self.workers)
 
     def replace(self, broken: Worker) -> None:
-        """A worker that did not answer is killed; a fresh one joins the pool once it is up."""
+        """A worker that did not answer is killed; a fresh one joins the pool once it is up (not at shutdown)."""
         broken.close()
+        if self.closing:
+            return
         fresh = Worker(self.engine)
         self.workers[self.workers.index(broken)] = fresh
 
         async def join():
-            await asyncio.get_running_loop().run_in_executor(None, fresh.wait_ready)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, fresh.wait_ready)
+            except (OSError, EOFError, RuntimeError) as err:  # closed meanwhile (shutdown), or failed to start
+                print(f"engine worker not replaced: {err}", file=sys.stderr, flush=True)
+                return
             self.free.append(fresh)
 
         asyncio.ensure_future(join())
 
     def close(self) -> None:
+        self.closing = True
         for w in self.workers:
             w.close()
 
@@ -382,7 +390,10 @@ class LiveApp:
         ok = False
         try:
             ok = await self._finish(session, flush)
-        finally:
+        except asyncio.CancelledError:  # the server is shutting down: the pool closes every worker
+            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+            raise
+        else:
             asyncio.get_running_loop().remove_reader(worker.conn.fileno())
             if ok:
                 self.pool.free.append(worker)

@@ -93,13 +93,13 @@ class PageProbe:
         from inference.live import unpack_frame
 
         self.page = browser.new_page()
-        self.frames: dict[int, tuple[bytes, str]] = {}
+        self.frames: dict[int, tuple[bytes, str, float]] = {}  # index -> (JPEG, level, server send time s)
         self.keep = True
 
         def on_frame(payload):
             if self.keep and isinstance(payload, bytes):
                 f = unpack_frame(payload)
-                self.frames[f["index"]] = (f["jpeg"], f["level"])
+                self.frames[f["index"]] = (f["jpeg"], f["level"], f["sent"])
 
         self.page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
         self.page.goto(url)
@@ -136,7 +136,8 @@ def analyse(data: dict, frames: dict, truth: np.ndarray, reference: np.ndarray, 
     out["index_gaps"] = int((np.diff(idx) != 1).sum())  # a skipped or repeated frame index on the page
     out["longest_frame_ms"] = float(np.diff(shown).max())
     out["timing"] = timing_offset(log)
-    levels = [frames.get(int(i), (None, "missing"))[1] for i in idx]
+    levels = [frames.get(int(i), (None, "missing", np.nan))[1] for i in idx]
+    out["_sent"] = np.array([frames.get(int(i), (None, "missing", np.nan))[2] for i in idx])
     out["levels"] = {lv: levels.count(lv) for lv in sorted(set(levels))}
     if data["recording"]:
         ref_start, peak = locate(data["recording"], reference)

@@ -32,12 +32,12 @@ function onFrame(buf) {
     if (T0 !== null) ts.reanchors++;  // the frame came too late to play on time: start the timeline again
     T0 = ctx.currentTime + BUFFER_S - i * FRAME_S;
   }
-  // Latency stays put: when every packet of the last second came more than 50 ms earlier than the buffer needs
+  // Latency stays put: when every packet of the last second came more than 250 ms earlier than the buffer needs
   // (a restart after a stall left the timeline late), the timeline moves back by the surplus.
   const ahead = T0 + i * FRAME_S - ctx.currentTime;
   minAhead = Math.min(minAhead, ahead);
   if (ctx.currentTime - aheadSince > 1.0) {
-    if (minAhead > BUFFER_S + 0.05) { T0 -= minAhead - BUFFER_S; ts.catchups++; }
+    if (minAhead > BUFFER_S + 0.25) { T0 -= minAhead - BUFFER_S; ts.catchups++; }
     minAhead = Infinity; aheadSince = ctx.currentTime;
   }
   const ab = ctx.createBuffer(1, n, RATE), ch = ab.getChannelData(0);
