@@ -431,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             print("terminated", file=sys.stderr)
             return 128 + _SIGNALLED[0]
         raise
+    finally:
+        if main_thread:  # main() called from a program (or a test) leaves its SIGTERM handling as it was
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,16 @@ def test_a_signal_that_comes_out_as_a_library_error_is_still_a_termination(monke
     monkeypatch.setattr(cli, "_demo", lambda args: (_ for _ in ()).throw(ImportError("a real crash")))
     with pytest.raises(ImportError):  # without a signal, a crash stays a crash
         main(["demo"])
+
+
+def test_main_restores_the_callers_sigterm_handler(monkeypatch):
+    """main() called in-process (a program, the tests) must not leave its SIGTERM handler installed: a pytest
+    process was left ignoring `kill` (SIGTERM became a SystemExit inside whatever test ran next)."""
+    import signal
+
+    import scripts.cli as cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_demo", lambda args: 0)
+    assert main(["demo"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
