@@ -153,6 +153,7 @@ def analyse(data: dict, frames: dict, truth: np.ndarray, reference: np.ndarray, 
             delta, corr = content_offset(shown[gen], mouth[gen], ref_start, truth)
             out["content"] = {"offset_ms": delta, "correlation": corr}
         out["_mouth"], out["_shown"], out["_ref_start"], out["_index"] = mouth, shown, ref_start, idx
+        out["_levels"] = np.array(levels)
     return out
 
 
