@@ -72,6 +72,7 @@ def test_two_pages_stream_at_25_fps_with_the_voice_on_the_lips(tmp_path):
     levels = ra["_levels"][inside]
     for level in set(levels):
         same = mouth[inside][levels == level]
+        same = same[~np.isnan(same)]  # a frame drawn before the probe kept its payload ("missing") has no reading
         assert len(same) < 5 or np.nanstd(same) < 0.05, (level, same)
     pairs = inside[1:] & inside[:-1]  # consecutive drawn frames, both in a pause
     steps = np.diff(ra["_index"])[pairs]
