@@ -271,3 +271,21 @@ def weights_hash(module: nn.Module) -> str:
         h.update(name.encode())
         h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def open_run_logs(out: Path, cfg: Any, state: RunState, resumed_from: Path | None,
+                  logs: tuple[str, ...] = ("losses.jsonl",)) -> Any:
+    """Main process of a training run: write ``config.yaml`` (resolved), cut each JSON-lines log in ``logs``
+    back to ``state.step`` when resuming (emptied on a fresh run), and return a tensorboard ``SummaryWriter``
+    on ``out/logs`` that purges the events after that step. Prints one line when resuming."""
+    from omegaconf import OmegaConf
+    from torch.utils.tensorboard import SummaryWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    for name in logs:
+        kept = [ln for ln in read_jsonl(out / name) if ln["step"] <= state.step] if resumed_from else []
+        (out / name).write_text("".join(json.dumps(ln) + "\n" for ln in kept))
+    if resumed_from is not None:
+        print(f"resuming from {resumed_from} (step {state.step}, epoch {state.epoch}, batch {state.index})", flush=True)
+    return SummaryWriter(str(out / "logs"), purge_step=state.step + 1 if resumed_from else None)

@@ -358,19 +358,8 @@ def train(cfg: DictConfig) -> Run:
 
 def _open_logs(run: Run) -> None:
     """Main process: config.yaml, losses.jsonl (cut back to the resumed step) and the tensorboard writer."""
-    if not run.acc.is_main_process:
-        return
-    from torch.utils.tensorboard import SummaryWriter
-
-    run.out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(run.cfg, run.out / "config.yaml", resolve=True)
-    path = run.out / "losses.jsonl"
-    kept = [ln for ln in ckpt.read_jsonl(path) if ln["step"] <= run.state.step] if run.resumed_from else []
-    path.write_text("".join(json.dumps(ln) + "\n" for ln in kept))
-    run.writer = SummaryWriter(str(run.out / "logs"), purge_step=run.state.step + 1 if run.resumed_from else None)
-    if run.resumed_from is not None:
-        s = run.state
-        print(f"resuming from {run.resumed_from} (step {s.step}, epoch {s.epoch}, batch {s.index})", flush=True)
+    if run.acc.is_main_process:
+        run.writer = ckpt.open_run_logs(run.out, run.cfg, run.state, run.resumed_from)
 
 
 def _record(run: Run, logs: dict[str, float], status: str) -> None:

@@ -298,20 +298,9 @@ def _evaluate(run: SyncRun) -> dict[str, float] | None:
 
 
 def _open_logs(run: SyncRun) -> None:
-    if not run.acc.is_main_process:
-        return
-    from torch.utils.tensorboard import SummaryWriter
-
-    run.out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(run.cfg, run.out / "config.yaml", resolve=True)
-    for name in ("losses.jsonl", "heldout.jsonl"):  # cut back to the resumed step
-        path = run.out / name
-        kept = [ln for ln in ckpt.read_jsonl(path) if ln["step"] <= run.state.step] if run.resumed_from else []
-        path.write_text("".join(json.dumps(ln) + "\n" for ln in kept))
-    run.writer = SummaryWriter(str(run.out / "logs"), purge_step=run.state.step + 1 if run.resumed_from else None)
-    if run.resumed_from is not None:
-        s = run.state
-        print(f"resuming from {run.resumed_from} (step {s.step}, epoch {s.epoch}, batch {s.index})", flush=True)
+    if run.acc.is_main_process:
+        logs = ("losses.jsonl", "heldout.jsonl")
+        run.writer = ckpt.open_run_logs(run.out, run.cfg, run.state, run.resumed_from, logs)
 
 
 def _record(run: SyncRun, name: str, logs: dict, tag: str) -> None:
