@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,6 @@ def _name(source) -> str:
     return "the frames" if isinstance(source, np.ndarray) else str(source)
 
 
-def _source_hash(source, frames: np.ndarray) -> str:
-    if isinstance(source, np.ndarray):
-        return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
-    return file_sha256(source)
-
-
 def vae_fingerprint(vae) -> dict[str, Any]:
     """What the latents depend on besides the pixels: the VAE's config hash and scaling."""
     config = {k: v for k, v in dict(vae.vae.config).items() if not k.startswith("_")}  # not _name_or_path: a copied
@@ -109,14 +104,17 @@ def _mask_hash(mask: torch.Tensor) -> str:
     return hashlib.sha256(mask.detach().cpu().float().numpy().tobytes()).hexdigest()
 
 
-def read_source(source: str | os.PathLike | np.ndarray) -> np.ndarray:
-    """uint8 frames [T, H, W, 3] at 25 fps from a video, [1, H, W, 3] from an image, or the array itself."""
-    from teacher.media import MediaError, read_video
+def iter_source(source: str | os.PathLike | np.ndarray) -> Iterator[np.ndarray]:
+    """uint8 frames [H, W, 3] at 25 fps, streamed: a video decoded frame by frame (``teacher.media``), an image
+    once, or the rows of a uint8 [T, H, W, 3] array. AvatarError for a missing or unreadable file (raised by
+    the iteration for a video that fails part-way)."""
+    from teacher.media import MediaError, iter_video_frames
 
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 4 or source.shape[-1] != 3 or len(source) == 0:
             raise AvatarError(f"frames must be uint8 [T, H, W, 3] with T >= 1, got {source.dtype} {source.shape}")
-        return source
+        yield from source
+        return
     path = Path(source)
     if not path.is_file():
         raise AvatarError(f"{path}: file not found")
@@ -126,71 +124,162 @@ def read_source(source: str | os.PathLike | np.ndarray) -> np.ndarray:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise AvatarError(f"{path}: not a readable image")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[None]
+        yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return
     try:
-        frames, _ = read_video(path, fps=25)
+        yield from iter_video_frames(path, fps=25)
     except MediaError as err:
         raise AvatarError(str(err)) from None
-    return frames
+
+
+def read_source(source: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """All of ``iter_source`` as one uint8 array [T, H, W, 3] (a short clip; ``prepare_avatar`` streams)."""
+    return np.stack(list(iter_source(source)))
+
+
+class NpyStream:
+    """One ``.npy`` file written row by row as the rows come, without knowing their count in advance.
+
+    The NPY 1.0 header (numpy's ``format`` documentation: magic, version, little-endian uint16 length, a
+    dict literal padded with spaces and ended by a newline, 64-byte aligned) is given a fixed 128 bytes and
+    written last, with the final shape ``[n, *row_shape]``; the data goes to ``.NAME.tmp.npy`` and is renamed
+    to ``path`` by ``close``, so a reader never sees a half-written file. ``discard`` removes it.
+    """
+
+    HEADER = 128
+
+    def __init__(self, path: Path, dtype, row_shape: tuple[int, ...]):
+        self.path, self.dtype, self.row_shape = Path(path), np.dtype(dtype), tuple(int(d) for d in row_shape)
+        self.tmp = self.path.with_name(f".{self.path.stem}.tmp.npy")
+        self._file = open(self.tmp, "wb")
+        self._file.write(b"\0" * self.HEADER)
+        self.count = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        """Append ``rows`` ``[k, *row_shape]``; ValueError for another row shape (a video whose size changes)."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path.name}: row {self.count} is {rows.shape[1:]}, the first was {self.row_shape}")
+        self._file.write(rows.tobytes())
+        self.count += len(rows)
+
+    def close(self) -> None:
+        shape = (self.count, *self.row_shape)
+        text = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+        body = text.encode("latin1")
+        pad = self.HEADER - 10 - len(body) - 1
+        if pad < 0:
+            raise ValueError(f"{self.path.name}: the shape {shape} does not fit a {self.HEADER}-byte NPY header")
+        self._file.seek(0)
+        self._file.write(b"\x93NUMPY\x01\x00" + (self.HEADER - 10).to_bytes(2, "little") + body + b" " * pad + b"\n")
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 @torch.no_grad()
 def prepare_avatar(
     source: str | os.PathLike | np.ndarray, out_dir: str | os.PathLike, bundle, seed: int = 0, progress: bool = True,
-    chunk: int = 16,
+    chunk: int = 16, face: dict[str, Any] | None = None,
 ) -> Avatar:  # fmt: skip
     """Align, crop and encode ``source`` once for the student ``bundle`` (``student.load_bundle``); writes
-    ``out_dir`` (see the module docstring) and returns the loaded avatar. AvatarError for unusable input."""
+    ``out_dir`` (see the module docstring) and returns the loaded avatar. AvatarError for unusable input.
+
+    Streamed: frames are decoded, aligned, written and encoded ``chunk`` at a time, so memory does not grow
+    with the clip (the arrays go to disk). ``face``: ``teacher.face.build_aligner`` options (``small_faces``,
+    ``choose``, ``scene_cut``; default LatentSync's: the largest face of at least 50 x 80 px)."""
     from tqdm import tqdm
 
     from teacher.conditioning import crops_to_pixels, encode_condition
-    from teacher.face import FaceAligner, align_video
+    from teacher.face import build_aligner, iter_aligned, too_small_message
 
-    frames = read_source(source)
     res, vae = bundle.resolution, bundle.vae
-    aligner = FaceAligner(resolution=res)
-    aligned = align_video(tqdm(frames, desc="align", unit="frame", disable=not progress), aligner)
-    has_face = np.array([a is not None for a in aligned])
-    if not has_face.any():
-        from teacher.face import too_small_message
-
-        why = too_small_message(aligner) if aligner.too_small else "no face found"
-        raise AvatarError(f"{_name(source)}: {why} in any of its {len(frames)} frames")
-    crops = np.zeros((len(frames), res, res, 3), np.uint8)
-    matrices = np.full((len(frames), 2, 3), np.nan)
-    for i, a in enumerate(aligned):
-        if a is not None:
-            crops[i], matrices[i] = a.crop, a.matrix
+    face = {"small_faces": False, "choose": "largest", "scene_cut": True, **(face or {})}
+    try:
+        aligner = build_aligner(res, **face)
+    except (TypeError, ValueError) as err:
+        raise AvatarError(f"face options {face}: {err}") from None
     h = res // vae.scale_factor
-    masked = np.zeros((len(frames), 4, h, h), np.float32)
-    ref = np.zeros_like(masked)
-    g = torch.Generator().manual_seed(seed)
-    mask = bundle.mask.to(vae.device)
-    for s in tqdm(range(0, len(frames), chunk), desc="encode", unit="chunk", disable=not progress):
-        pixels = crops_to_pixels(crops[s : s + chunk])[None].to(vae.device, vae.dtype)  # [1, 3, F, R, R]
-        m, r = encode_condition(vae, pixels, mask, generator=g)
-        masked[s : s + chunk] = m[0].permute(1, 0, 2, 3).float().cpu().numpy()
-        ref[s : s + chunk] = r[0].permute(1, 0, 2, 3).float().cpu().numpy()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("frames", frames), ("crops", crops), ("matrices", matrices), ("has_face", has_face),
-                      ("masked_latents", masked), ("ref_latents", ref)):  # fmt: skip
-        np.save(out / f".{name}.tmp.npy", arr)
-        os.replace(out / f".{name}.tmp.npy", out / f"{name}.npy")
+    streams: dict[str, NpyStream] = {}
+    g = torch.Generator().manual_seed(seed)
+    mask = bundle.mask.to(vae.device)
+    hasher = hashlib.sha256()
+    pending: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    faces = 0
+
+    def frames():
+        for frame in iter_source(source):
+            current[:] = [frame]
+            yield frame
+
+    def encode() -> None:
+        pixels = crops_to_pixels(np.stack(pending))[None].to(vae.device, vae.dtype)  # [1, 3, F, R, R]
+        m, r = encode_condition(vae, pixels, mask, generator=g)
+        streams["masked_latents"].append(m[0].permute(1, 0, 2, 3).float().cpu().numpy())
+        streams["ref_latents"].append(r[0].permute(1, 0, 2, 3).float().cpu().numpy())
+        pending.clear()
+
+    try:
+        bar = tqdm(desc="prepare avatar", unit="frame", disable=not progress)
+        for aligned in iter_aligned(frames(), aligner):
+            frame = current[0]
+            if not streams:
+                lat = ((4, h, h), np.float32)
+                shapes = {"frames": (frame.shape, np.uint8), "crops": ((res, res, 3), np.uint8),
+                          "matrices": ((2, 3), np.float64), "has_face": ((), np.bool_),
+                          "masked_latents": lat, "ref_latents": lat}  # fmt: skip
+                streams.update({n: NpyStream(out / f"{n}.npy", dt, shape) for n, (shape, dt) in shapes.items()})
+            if isinstance(source, np.ndarray):
+                hasher.update(np.ascontiguousarray(frame).tobytes())
+            try:
+                streams["frames"].append(frame[None])
+            except ValueError as err:
+                raise AvatarError(f"{_name(source)}: {err}") from None
+            crop = aligned.crop if aligned is not None else np.zeros((res, res, 3), np.uint8)
+            streams["crops"].append(crop[None])
+            streams["matrices"].append((aligned.matrix if aligned is not None else np.full((2, 3), np.nan))[None])
+            streams["has_face"].append(np.array([aligned is not None]))
+            faces += aligned is not None
+            pending.append(crop)
+            if len(pending) == chunk:
+                encode()
+            bar.update()
+        bar.close()
+        if not streams:
+            raise AvatarError(f"{_name(source)}: no frames")
+        if pending:
+            encode()
+        if faces == 0:
+            why = too_small_message(aligner) if aligner.too_small else "no face found"
+            raise AvatarError(f"{_name(source)}: {why} in any of its {streams['frames'].count} frames")
+        for st in streams.values():
+            st.close()
+    except BaseException:
+        for st in streams.values():
+            st.discard()
+        raise
+    n, frame_hw = streams["frames"].count, streams["frames"].row_shape[:2]
     manifest = {
         "format": FORMAT,
         "source": "<array>" if isinstance(source, np.ndarray) else str(source),
-        "source_sha256": _source_hash(source, frames),
-        "num_frames": int(len(frames)),
-        "frame_size": [int(frames.shape[1]), int(frames.shape[2])],
-        "faces": int(has_face.sum()),
+        "source_sha256": hasher.hexdigest() if isinstance(source, np.ndarray) else file_sha256(source),
+        "num_frames": int(n),
+        "frame_size": [int(frame_hw[0]), int(frame_hw[1])],
+        "faces": int(faces),
         "fps": 25,
         "resolution": int(res),
         "latent_size": int(h),
         "mask_sha256": _mask_hash(bundle.mask),
         "vae": vae_fingerprint(vae),
         "aligner": {"resolution": res, "smooth": aligner.smooth, "round_anchors": aligner.round_anchors,
-                    "exact_resampling": aligner.exact_resampling, "landmarker": type(aligner.landmarker).__name__},
+                    "exact_resampling": aligner.exact_resampling, "landmarker": type(aligner.landmarker).__name__,
+                    "face": {k: list(v) if isinstance(v, tuple) else v for k, v in face.items()}},
         "seed": int(seed),
         "student": str(bundle.path),
     }  # fmt: skip

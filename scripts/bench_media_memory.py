@@ -1,4 +1,4 @@
-"""Peak resident memory of ``turbosync teacher-demo`` (or ``prepare``) against the clip's length (issue 10, item 2).
+"""Peak resident memory of ``turbosync teacher-demo`` (``prepare``, ``avatar prepare``) against the clip's length.
 
 Runs the command in a fresh subprocess per clip and reads that child's peak RSS from ``os.wait4`` (the
 kernel's ``ru_maxrss``, the number ``/usr/bin/time -v`` prints). The clips are the same talking face cut to
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="DDIM steps (memory does not depend on them)")
     p.add_argument("--config", default=None, help="teacher preset (default: teacher-demo's)")
     p.add_argument("--prepare", action="store_true", help="measure `turbosync prepare` on each clip instead")
+    p.add_argument("--avatar", action="store_true", help="measure `turbosync avatar prepare` (toy student) instead")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_media_memory.json")
     args = p.parse_args(argv)
 
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                 (src / clip.name).symlink_to(clip.resolve())
                 shards = Path(tmp) / f"shards_{seconds:g}s"
                 cmd = [sys.executable, "-m", "scripts.cli", "prepare", str(src), str(shards)]
+            if args.avatar:
+                avatar = Path(tmp) / f"avatar_{seconds:g}s"
+                cmd = [sys.executable, "-m", "scripts.cli", "avatar", "prepare", str(clip), str(avatar)]
             mb, wall, rc, last = peak_rss(cmd, args.repo, env)
             rows.append({"clip": str(clip), "seconds": seconds, "peak_rss_mb": round(mb, 1), "wall_s": round(wall, 1),
                          "exit_code": rc, "summary": last, "bench_rss_mb": round(own_rss_mb(), 1)})  # fmt: skip
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         r["vs_first"] = round(r["peak_rss_mb"] / base - 1, 4)
     print("relative to the first clip: " + ", ".join(f"{r['seconds']:g} s {100 * r['vs_first']:+.1f}%" for r in rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"repo": str(args.repo), "command": "prepare" if args.prepare else "teacher-demo", "steps": args.steps,
+    command = "avatar prepare" if args.avatar else "prepare" if args.prepare else "teacher-demo"
+    report = {"repo": str(args.repo), "command": command, "steps": args.steps,
               "config": args.config, "rows": rows}  # fmt: skip
     args.out.write_text(json.dumps(report, indent=1))
     print(args.out)

@@ -126,7 +126,8 @@ def _avatar_prepare(args: argparse.Namespace) -> int:
 
     try:
         bundle = load_student(args.student)
-        av = prepare_avatar(args.source, args.out_dir, bundle, seed=args.seed)
+        face = {"choose": args.face, "small_faces": args.small_faces, "scene_cut": not args.no_scene_cuts}
+        av = prepare_avatar(args.source, args.out_dir, bundle, seed=args.seed, face=face)
     except (InputError, AvatarError, *USER_ERRORS) as err:
         return _fail(err)
     print(f"avatar: {av.num_frames} frames ({int(av.has_face.sum())} with a face) at {av.resolution} px -> {av.path}")
@@ -351,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="avatar folder to write")
     p.add_argument("--student", default=str(TOY_STUDENT), help="the student it is prepared for (resolution, VAE, mask)")
     p.add_argument("--seed", type=int, default=0, help="VAE posterior sampling")
+    p.add_argument("--face", default="largest",
+                   help="which face when there are several: 'largest', an index from the left (0 = leftmost) or a "
+                        "box x1,y1,x2,y2 in px (the face overlapping it most)")  # fmt: skip
+    p.add_argument("--small-faces", action="store_true", help="find faces under LatentSync's 50 x 80 px minimum")
+    p.add_argument("--no-scene-cuts", action="store_true", help="never restart the face smoothing at scene cuts")
     p.set_defaults(func=_avatar_prepare)
 
     p = sub.add_parser("bench", help="benchmarks")

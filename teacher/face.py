@@ -16,7 +16,7 @@ Here the warp and the resize are one 2x3 ``matrix`` (frame pixel -> crop pixel),
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import cv2
@@ -44,6 +44,7 @@ __all__ = [
     "SceneCut",
     "align_video",
     "build_aligner",
+    "iter_aligned",
     "crop_matrix",
     "face_template",
     "load_mask_image",
@@ -379,30 +380,37 @@ def _feather(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cv2.GaussianBlur(core, (k, k), sigma), mask
 
 
-def align_video(frames: Iterable[np.ndarray], aligner: FaceAligner) -> list[AlignedFace | None]:
-    """Align every frame with the translation EMA carried across frames (restarted at scene cuts). A frame without
-    a face gives None and leaves the EMA state as it was; one warning at the end counts them (not one per frame),
-    naming those whose face was turned away or in profile, when some frames do have a face.
-    ``aligner.too_small`` is left at the largest face found but under the minimum box."""
-    out: list[AlignedFace | None] = []
+def iter_aligned(frames: Iterable[np.ndarray], aligner: FaceAligner) -> Iterator[AlignedFace | None]:
+    """Align each frame as it comes, the translation EMA carried across frames (restarted at scene cuts): yields an
+    ``AlignedFace`` or None (no face; the EMA state is left as it was), holding nothing of earlier frames. When the
+    frames are exhausted, one warning counts the faceless ones (not one per frame), naming those whose face was
+    turned away or in profile, when some frames do have a face; ``aligner.too_small`` is left at the largest face
+    found but under the minimum box."""
     state = None
     small = None  # the largest face the landmarker found but rejected as too small
     turned = 0  # faceless frames whose face was rejected for its geometry (profile, turned away)
-    for frame in frames:
+    faceless: list[int] = []
+    n = 0
+    for n, frame in enumerate(frames, 1):
         face, state = aligner.align_step(frame, state)
         seen = getattr(aligner.landmarker, "too_small", None) if face is None else None
         if seen is not None and (small is None or seen[0] * seen[1] > small[0] * small[1]):
             small = seen
         turned += face is None and bool(getattr(aligner.landmarker, "turned_away", False))
-        out.append(face)
+        if face is None:
+            faceless.append(n - 1)
+        yield face
     aligner.too_small = small
-    faceless = [i for i, a in enumerate(out) if a is None]
-    if faceless and len(faceless) < len(out):  # none at all: the caller says so (its error or summary)
+    if faceless and len(faceless) < n:  # none at all: the caller says so (its error or summary)
         why = [f"{turned} turned away or in profile"] if turned else []
         why += [too_small_message(aligner)] if small else []
-        log.warning("no face in %d of %d frames (%s): passed through unedited%s", len(faceless), len(out),
+        log.warning("no face in %d of %d frames (%s): passed through unedited%s", len(faceless), n,
                     _ranges(faceless), "; " + "; ".join(why) if why else "")  # fmt: skip
-    return out
+
+
+def align_video(frames: Iterable[np.ndarray], aligner: FaceAligner) -> list[AlignedFace | None]:
+    """``iter_aligned`` collected in a list (one entry per frame)."""
+    return list(iter_aligned(frames, aligner))
 
 
 def build_aligner(resolution: int, small_faces: bool = False, choose="largest", scene_cut: bool = True) -> FaceAligner:
