@@ -226,10 +226,11 @@ def prepare_avatar(
         pending.clear()
 
     try:
-        bar = tqdm(desc="prepare avatar", unit="frame", disable=not progress)
+        bar = None  # shown from the first frame on: an unreadable source fails with its one-line error alone
         for aligned in iter_aligned(frames(), aligner):
             frame = current[0]
             if not streams:
+                bar = tqdm(desc="prepare avatar", unit="frame", disable=not progress)
                 lat = ((4, h, h), np.float32)
                 shapes = {"frames": (frame.shape, np.uint8), "crops": ((res, res, 3), np.uint8),
                           "matrices": ((2, 3), np.float64), "has_face": ((), np.bool_),
@@ -250,7 +251,8 @@ def prepare_avatar(
             if len(pending) == chunk:
                 encode()
             bar.update()
-        bar.close()
+        if bar is not None:
+            bar.close()
         if not streams:
             raise AvatarError(f"{_name(source)}: no frames")
         if pending:
