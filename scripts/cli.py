@@ -186,13 +186,20 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from distill.data import PrepareConfig, prepare
+    from teacher.face import parse_choice
 
+    try:
+        choose = parse_choice(args.face)
+    except ValueError as err:
+        return _fail(f"--face: {err}")
     cfg = PrepareConfig(
         resolution=args.resolution,
         min_frames=args.min_frames,
         scene_cut_threshold=None if args.no_scene_cuts else args.scene_cut_threshold,
         whisper=args.whisper,
         workers=args.workers,
+        small_faces=args.small_faces,
+        choose=choose,
     )
     try:
         report = prepare(args.src_dir, args.out_dir, cfg)
@@ -389,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scene-cuts", action="store_true", help="do not split at scene cuts")
     p.add_argument("--whisper", default=None, help="tiny.pt or HF folder (default: the tiny preset's random one)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--face", default="largest",
+                   help="which face when there are several: 'largest', an index from the left or a box x1,y1,x2,y2")
+    p.add_argument("--small-faces", action="store_true", help="find faces under LatentSync's 50 x 80 px minimum")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("distill", help="distil the teacher into a few-step student (accelerate / DeepSpeed)")

@@ -47,6 +47,8 @@ class PrepareConfig:
     resolution: int = 256
     min_frames: int = 16  # shorter segments are dropped
     scene_cut_threshold: float | None = 0.3  # mean abs grey difference (0..1) that starts a new scene
+    small_faces: bool = False  # find faces under LatentSync's 50 x 80 px minimum (teacher.face.build_aligner)
+    choose: Any = "largest"  # which face when there are several: 'largest', an index from the left, a box in px
     whisper: str | None = None  # tiny.pt / HF folder; None = the random Whisper-tiny of the tiny preset
     crf: int = 12  # H.264 quality of the stored face crops
     workers: int = 1
@@ -147,10 +149,10 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(cfg: PrepareConfig) -> None:
     from teacher.audio import load_whisper
-    from teacher.face import FaceAligner
+    from teacher.face import build_aligner
 
     _WORKER["cfg"] = cfg
-    _WORKER["aligner"] = FaceAligner(resolution=cfg.resolution)
+    _WORKER["aligner"] = build_aligner(cfg.resolution, small_faces=cfg.small_faces, choose=cfg.choose)
     _WORKER["whisper"] = load_whisper(cfg.whisper)
 
 
