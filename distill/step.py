@@ -25,6 +25,22 @@ it) and every key of the batch (``latents``, ``mask``, ``audio_embeds``, real ``
 gives them, ...). A loss parameter takes the tensor of the same name unless ``inputs`` maps it to
 another (``{frames: x0_frames}``).
 
+Pixel terms on the 1-step x0 (``pixel_items: one_step``): the terms that take ``x0_frames`` then see only the
+items drawn at t = t_max = 999 (the first ``anchor.samples`` items are drawn there even with anchor weight 0),
+i.e. the student's 1-step x0 from pure noise, the output a 1-step student serves; only those items are
+decoded, their batch tensors are sliced to match, and the other items' values are 0. ``all`` (default): every
+item, at its own t.
+
+Adversarial terms (an aux loss with a ``discriminator_loss`` method, ``losses.adversarial``): the term is the
+generator loss; the step also computes the discriminator's loss on the real tensor named by the node's
+``real`` (``frames`` for the lip PatchGAN, ``latents`` for the latent variant) and the detached generated one,
+returned as the differentiable ``disc_loss`` for the recipe's discriminator optimizer. The latent variant's
+frozen feature extractor (``UNetFeatures`` on the teacher) is passed to ``build_losses``.
+
+Step-dependent weights live in one place, ``step_weights(cfg, step)``: ``weights[name]`` is the final weight
+and ``schedules[name] = {start, warmup}`` ramps it linearly from 0 at step ``start`` to the full weight at
+``start + warmup`` (the adversarial generator weight's warm-up, the sync reward's schedule).
+
 No accelerate, DeepSpeed or optimizer here: the recipe wraps this function.
 
 Config keys (``cfg``, a mapping or DictConfig; missing keys take ``DEFAULTS``):
@@ -34,11 +50,13 @@ Config keys (``cfg``, a mapping or DictConfig; missing keys take ``DEFAULTS``):
     consistency                                _target_ node of the distance d (default
                                                ``losses.consistency.PseudoHuber``, c = 0.001)
     sigma_data, timestep_scaling               boundary scalings (0.5, 10)
-    aux: {name: {loss, inputs} or null}        auxiliary losses on the student's x0: ``loss`` a _target_
+    aux: {name: {loss, inputs, real} or null}  auxiliary losses on the student's x0: ``loss`` a _target_
                                                node, ``inputs`` {loss parameter: step tensor} (optional;
-                                               default: same name). ``recon``: the real-data
-                                               ``losses.reconstruction.LatentReconstruction``
+                                               default: same name), ``real`` (adversarial terms only).
+                                               ``recon``: the real-data ``losses.reconstruction.LatentReconstruction``
     weights: {name: weight}                    one weight per auxiliary term and ``anchor``
+    schedules: {name: {start, warmup}}         linear ramps of those weights over optimizer steps
+    pixel_items                                "all" or "one_step" (see above)
     anchor: {samples, steps}                   the optional trajectory anchor (see above)
     target, ema_decay                          ``make_target`` / ``ema_update``
 """
@@ -88,6 +106,8 @@ DEFAULTS: dict[str, Any] = {
     "timestep_scaling": TIMESTEP_SCALING,
     "aux": {},
     "weights": {"anchor": 0.0},
+    "schedules": {},
+    "pixel_items": "all",
     "anchor": {"samples": 1, "steps": 4},
     "target": "auto",
     "ema_decay": 0.95,
@@ -109,11 +129,20 @@ class AuxTerm:
     loss: Callable[..., torch.Tensor]
     inputs: Mapping[str, str]
     required: tuple[str, ...]  # parameters without a default
+    real: str | None = None  # adversarial terms: the step tensor the discriminator sees as real
+
+    @property
+    def adversarial(self) -> bool:
+        return hasattr(self.loss, "discriminator_loss")
 
     @classmethod
-    def of(cls, loss: Callable[..., torch.Tensor], inputs: Mapping[str, str] | None = None) -> AuxTerm:
+    def of(cls, loss: Callable[..., torch.Tensor], inputs: Mapping[str, str] | None = None,
+           real: str | None = None) -> AuxTerm:  # fmt: skip
         """Read the parameters from ``loss``'s call signature (``forward`` for a module); ``inputs`` renames
-        some of them to other step tensors, the rest take the tensor of their own name."""
+        some of them to other step tensors, the rest take the tensor of their own name. ``real``: required for
+        an adversarial loss (one with ``discriminator_loss``), refused for others."""
+        if hasattr(loss, "discriminator_loss") != (real is not None):
+            raise ValueError(f"{loss!r}: an adversarial loss needs `real` (the real step tensor), others take none")
         params = list(inspect.signature(loss.forward if isinstance(loss, nn.Module) else loss).parameters.values())
         if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) for p in params):
             raise TypeError(f"auxiliary loss {loss!r} must name its inputs (no *args, **kwargs or positional-only)")
@@ -122,7 +151,7 @@ class AuxTerm:
         if unknown:
             raise TypeError(f"inputs {unknown} are not parameters of {loss!r} ({[p.name for p in params]})")
         mapping = {p.name: str(renamed.get(p.name, p.name)) for p in params}
-        return cls(loss, mapping, tuple(p.name for p in params if p.default is p.empty))
+        return cls(loss, mapping, tuple(p.name for p in params if p.default is p.empty), real)
 
 
 @dataclass(frozen=True)
@@ -132,10 +161,17 @@ class StepLosses:
     consistency: Distance
     aux: Mapping[str, AuxTerm] = field(default_factory=dict)
 
+    @property
+    def discriminators(self) -> dict[str, nn.Module]:
+        """{name: trainable discriminator module} of the adversarial terms (the recipe's second optimizer)."""
+        return {name: term.loss.discriminator for name, term in self.aux.items() if term.adversarial}
 
-def build_losses(cfg: Mapping[str, Any] | None) -> StepLosses:
+
+def build_losses(cfg: Mapping[str, Any] | None, feature_unet: nn.Module | None = None) -> StepLosses:
     """Build ``cfg.consistency`` and the ``loss`` of every non-null ``cfg.aux`` entry with
-    ``configs.instantiate``, once. Raises ValueError for an aux entry without a ``loss`` node."""
+    ``configs.instantiate``, once. An entry's ``features`` node ({blocks, t}) gives a latent adversarial loss its
+    extractor, ``UNetFeatures(feature_unet, ...)`` (the frozen teacher). Raises ValueError for an aux entry without
+    a ``loss`` node, or with ``features`` but no ``feature_unet``."""
     consistency = configs.instantiate(_opt(cfg, "consistency"))
     aux = {}
     for name, node in (_opt(cfg, "aux") or {}).items():
@@ -143,8 +179,64 @@ def build_losses(cfg: Mapping[str, Any] | None) -> StepLosses:
             continue
         if not isinstance(node, Mapping) or "loss" not in node:
             raise ValueError(f"cfg.aux.{name} must be {{loss: <_target_ node>, inputs: {{...}}}}, got {node!r}")
-        aux[str(name)] = AuxTerm.of(configs.instantiate(node["loss"]), node.get("inputs"))
+        loss = configs.instantiate(node["loss"])
+        if node.get("features") is not None:
+            if feature_unet is None:
+                raise ValueError(f"cfg.aux.{name}.features needs the frozen U-Net (build_losses(cfg, feature_unet))")
+            loss.features = UNetFeatures(feature_unet, **dict(node["features"]))
+        aux[str(name)] = AuxTerm.of(loss, node.get("inputs"), node.get("real"))
     return StepLosses(consistency, aux)
+
+
+def step_weights(cfg: Mapping[str, Any] | None, step: int | None = None) -> dict[str, float]:
+    """{name: weight} at optimizer step ``step`` (None = the final weights): ``weights[name]`` ramped by
+    ``schedules[name] = {start, warmup}`` as w * clip((step - start) / warmup, 0, 1) (a step at ``start`` when
+    warmup is 0). The one home of every step-dependent loss weight. Raises KeyError for a schedule without a
+    weight."""
+    weights = {k: float(v) for k, v in dict(DEFAULTS["weights"], **dict(_opt(cfg, "weights") or {})).items()}
+    for name, sched in dict(_opt(cfg, "schedules") or {}).items():
+        if name not in weights:
+            raise KeyError(f"cfg.schedules.{name} has no weight in cfg.weights")
+        if step is None or sched is None:
+            continue
+        start, warmup = int(sched.get("start", 0)), int(sched.get("warmup", 0))
+        ramp = float(step >= start) if warmup <= 0 else min(1.0, max(0.0, (step - start) / warmup))
+        weights[name] *= ramp
+    return weights
+
+
+class UNetFeatures:
+    """Frozen U-Net encoder features of latents (the latent adversarial loss's extractor, LADD-style).
+
+    ``(x [B, 4, F, h, w], mask, masked_latents, ref_latents, audio_embeds=None) -> [maps [B, C_k, F, h_k, w_k]]``:
+    the U-Net's input channels cat([x, mask, masked, ref]) at timestep ``t`` through ``conv_in`` and the down
+    blocks, the outputs of the down blocks listed in ``blocks`` (``mid``: also the mid block's). Differentiable in
+    x; the U-Net must be frozen (``teacher.freeze``). ``channels`` lists C_k (the heads' input widths).
+    """
+
+    def __init__(self, unet: nn.Module, blocks: tuple[int, ...] | list[int] = (1, 2), t: int = 0, mid: bool = True):
+        if any(p.requires_grad for p in unet.parameters()):
+            raise ValueError("UNetFeatures needs a frozen U-Net (teacher.freeze)")
+        self.unet, self.blocks, self.t, self.mid = unet, tuple(int(b) for b in blocks), int(t), bool(mid)
+        widths = list(unet.config["block_out_channels"])
+        self.channels = [widths[b] for b in self.blocks] + ([widths[-1]] if self.mid else [])
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, masked_latents: torch.Tensor, ref_latents: torch.Tensor,
+                 audio_embeds: torch.Tensor | None = None) -> list[torch.Tensor]:  # fmt: skip
+        unet = self.unet
+        sample = torch.cat([x, condition_channels(mask, masked_latents, ref_latents, x.dtype)], dim=1)
+        emb = unet.time_embed(torch.full((x.shape[0],), self.t, device=x.device), x.shape[0], x.device)
+        audio = audio_embeds if unet.add_audio_layer else None
+        h, out = unet.conv_in(sample), []
+        for i, block in enumerate(unet.down_blocks):
+            if i > max(self.blocks) and not self.mid:
+                break
+            h, _ = block.forward_down(h, emb, audio)
+            if i in self.blocks:
+                out.append(h)
+        if self.mid:
+            out.append(unet.mid_block(h, emb, audio))
+        return out
 
 
 # --------------------------------------------------------------------------- pieces of the step
@@ -204,38 +296,56 @@ def teacher_trajectory(
 def _aux_terms(
     x0: torch.Tensor,
     batch: Batch,
-    cfg: Mapping[str, Any] | None,
+    weights: Mapping[str, float],
     aux: Mapping[str, AuxTerm],
     decode: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> dict[str, tuple[float, torch.Tensor]]:
-    """{name: (weight, value [B])} for every auxiliary term; x0 is decoded once when a term takes ``x0_frames``."""
-    weights = dict(DEFAULTS["weights"], **dict(_opt(cfg, "weights") or {}))
+    items: torch.Tensor | None = None,
+) -> tuple[dict[str, tuple[float, torch.Tensor]], dict[str, torch.Tensor]]:
+    """({name: (weight, value [B])}, {name: discriminator loss [k]}) for every auxiliary term; x0 is decoded
+    once when a term takes ``x0_frames``. ``items``: indices of the items the pixel terms see (None = all);
+    their values are scattered back to [B] (scaled by B / k, so the batch mean is the mean over those items)."""
     missing = [name for name in aux if name not in weights]
     if missing:
         raise KeyError(f"auxiliary loss(es) {missing} have no weight in cfg.weights")
     clash = [k for k in STEP_TENSORS if k in batch]
     if clash:
         raise ValueError(f"batch keys {clash} are the step's own tensor names")
+    b = x0.shape[0]
     tensors: dict[str, torch.Tensor] = {**batch, "x0": x0}
+    pixel = tensors
     frame_terms = [name for name, term in aux.items() if "x0_frames" in term.inputs.values()]
     if frame_terms:
         if decode is None:
             raise ValueError(f"auxiliary loss(es) {frame_terms} take x0_frames: pass decode (latents -> frames)")
+        if items is not None:  # the 1-step items only, every per-item tensor sliced alike
+            pixel = {k: v[items] if torch.is_tensor(v) and v.dim() and v.shape[0] == b else v
+                     for k, v in tensors.items()}  # fmt: skip
         need_grad = torch.is_grad_enabled() and any(float(weights[name]) != 0.0 for name in frame_terms)
         with torch.set_grad_enabled(need_grad):
-            tensors["x0_frames"] = decode(x0)  # [B, 3, F, H, W], once for every pixel loss
-    terms = {}
+            pixel["x0_frames"] = decode(pixel["x0"])  # [k, 3, F, H, W], once for every pixel loss
+    terms, disc = {}, {}
     for name, term in aux.items():
-        absent = {k: term.inputs[k] for k in term.required if term.inputs[k] not in tensors}
+        src = pixel if "x0_frames" in term.inputs.values() else tensors
+        absent = {k: term.inputs[k] for k in term.required if term.inputs[k] not in src}
         if absent:
-            raise KeyError(f"auxiliary loss {name!r} takes {absent}, not among the step's tensors {sorted(tensors)}")
+            raise KeyError(f"auxiliary loss {name!r} takes {absent}, not among the step's tensors {sorted(src)}")
         weight = float(weights[name])
+        kwargs = {k: src[v] for k, v in term.inputs.items() if v in src}
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):  # weight 0: reported only
-            value = term.loss(**{k: tensors[src] for k, src in term.inputs.items() if src in tensors})
-        if value.shape != (x0.shape[0],):
+            value = term.loss(**kwargs)
+        n = src["x0"].shape[0]
+        if value.shape != (n,):
             raise ValueError(f"auxiliary loss {name!r} must return one value per sample [B], got {tuple(value.shape)}")
+        if src is not tensors and items is not None:
+            value = torch.zeros(b, device=value.device, dtype=value.dtype).index_copy(0, items, value * (b / n))
         terms[name] = (weight, value.float())
-    return terms
+        if term.adversarial:
+            if term.real not in src:
+                raise KeyError(f"adversarial loss {name!r}: the real tensor {term.real!r} is not in the batch")
+            fake = term.loss.input_name
+            context = {k: v for k, v in kwargs.items() if k != fake}
+            disc[name] = term.loss.discriminator_loss(real=src[term.real], fake=kwargs[fake].detach(), **context)
+    return terms, disc
 
 
 # --------------------------------------------------------------------------- the step
@@ -249,6 +359,7 @@ def distill_step(
     generator: torch.Generator | None = None,
     alphas_cumprod: torch.Tensor | None = None,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    step: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The LCD loss on one batch; the caller runs backward and the optimizer, then ``ema_update``.
 
@@ -267,10 +378,13 @@ def distill_step(
         alphas_cumprod: alpha_bar [T] (default: the teacher's official schedule).
         decode: latents [B, 4, F, h, w] -> frames [B, 3, F, H, W] (the VAE decoder); needed only when
             an auxiliary loss takes ``x0_frames``.
+        step: the optimizer step, for the weight schedules (``step_weights``; None = the final weights).
 
     Returns:
         ``loss`` (scalar, differentiable) and detached scalars: ``consistency``, one entry per
-        auxiliary term (``recon``, ...), ``t_mean`` and ``w_mean``.
+        auxiliary term (``recon``, ...) and its weight at this step (``recon_weight``), ``t_mean`` and ``w_mean``.
+        With adversarial terms also ``{name}_disc`` (detached) and ``disc_loss`` (scalar, differentiable in the
+        discriminators only: the real tensor and the detached x0 go in): the caller's discriminator update.
     """
     if any(p.requires_grad for p in teacher.parameters()):
         raise ValueError("the teacher must be frozen (teacher.freeze) before distillation")
@@ -285,10 +399,16 @@ def distill_step(
     gdev = generator.device if generator is not None else dev  # random draws live on the generator's device
     grid_t, grid_s = solver_pairs(int(_opt(cfg, "num_train_timesteps")), int(_opt(cfg, "num_ddim_timesteps")))
     n = torch.randint(0, len(grid_t), (b,), generator=generator, device=gdev).cpu()
-    anchor_weight = float(dict(DEFAULTS["weights"], **dict(_opt(cfg, "weights") or {}))["anchor"])
+    weights = step_weights(cfg, step)
+    anchor_weight = weights["anchor"]
     anchor_cfg = dict(DEFAULTS["anchor"], **dict(_opt(cfg, "anchor") or {}))
     n_anchor = min(int(anchor_cfg["samples"]), b) if anchor_weight != 0.0 else 0
-    n[:n_anchor] = len(grid_t) - 1  # t = t_max (999) for the anchored items
+    pixel_items = _opt(cfg, "pixel_items")
+    if pixel_items not in ("all", "one_step") or (pixel_items == "one_step" and int(anchor_cfg["samples"]) < 1):
+        raise ValueError(f"pixel_items must be 'all' or 'one_step' (with anchor.samples >= 1), got {pixel_items!r}")
+    n_max = max(n_anchor, min(int(anchor_cfg["samples"]), b)) if pixel_items == "one_step" else n_anchor
+    n[:n_max] = len(grid_t) - 1  # t = t_max (999) for the anchored / 1-step items
+    items = torch.nonzero(n == len(grid_t) - 1).flatten().to(dev) if pixel_items == "one_step" else None
     t, s = grid_t[n].to(dev), grid_s[n].to(dev)
     eps = video_noise(latents.shape, _opt(cfg, "noise"), generator, float(_opt(cfg, "mixed_noise_alpha")), device=gdev)
     x_t = add_noise(latents, eps.to(device=dev, dtype=latents.dtype), acp[t])
@@ -314,10 +434,16 @@ def distill_step(
         anchor[:n_anchor] = losses.consistency(x0_student[:n_anchor], x0_anchor)
         out["anchor"] = anchor[:n_anchor].detach().mean()
         total = total + anchor_weight * anchor
-    for name, (weight, value) in _aux_terms(x0_student, batch, cfg, losses.aux, decode).items():
+    terms, disc = _aux_terms(x0_student, batch, weights, losses.aux, decode, items)
+    for name, (weight, value) in terms.items():
         out[name] = value.detach().mean()
+        out[f"{name}_weight"] = torch.tensor(weight)
         if weight != 0.0:
             total = total + weight * value
+    if disc:
+        for name, value in disc.items():
+            out[f"{name}_disc"] = value.detach().mean()
+        out["disc_loss"] = torch.stack([value.mean() for value in disc.values()]).sum()  # differentiable in D only
     out["loss"] = total.mean()
     out["t_mean"] = t.float().mean()
     out["w_mean"] = w.mean()

@@ -18,6 +18,7 @@ from distill.step import (
     distill_step,
     ema_update,
     make_target,
+    step_weights,
 )
 from losses.consistency import L2, PseudoHuber
 from losses.reconstruction import LatentReconstruction
@@ -73,7 +74,7 @@ def test_finite_loss_and_gradients_only_on_the_student(teacher, student, batch):
     target = make_target(student, {})
     assert target is not student and not any(p.requires_grad for p in target.parameters())
     out = distill_step(student, target, teacher, batch, OmegaConf.create(CFG), generator=_gen())
-    assert set(out) == {"loss", "consistency", "recon", "t_mean", "w_mean"}
+    assert set(out) == {"loss", "consistency", "recon", "recon_weight", "t_mean", "w_mean"}
     assert out["loss"].requires_grad and torch.isfinite(out["loss"])
     assert all(not v.requires_grad for k, v in out.items() if k != "loss")
     assert 19 <= out["t_mean"].item() <= 999 and 1.0 <= out["w_mean"].item() <= 2.0
@@ -364,3 +365,95 @@ def test_anchor_term_weighted_on_the_anchored_items_only(teacher, student, batch
     full = distill_step(student, target, teacher, batch, {"weights": {"anchor": 1.0}, "anchor": {"samples": B}},
                         generator=_gen())  # fmt: skip
     assert full["t_mean"].item() == 999.0
+
+
+# ------------------------------------------------------------------ weight schedules, adversarial terms, 1-step items
+def test_step_weights_ramp_linearly_in_one_place():
+    cfg = {"weights": {"adv": 0.1, "sync": 0.05, "recon": 1.0}, "schedules": {"adv": {"warmup": 100},
+                                                                               "sync": {"start": 50, "warmup": 0}}}
+    assert step_weights(cfg, 0) == {"anchor": 0.0, "adv": 0.0, "sync": 0.0, "recon": 1.0}
+    assert step_weights(cfg, 25)["adv"] == pytest.approx(0.025) and step_weights(cfg, 49)["sync"] == 0.0
+    assert step_weights(cfg, 50)["sync"] == 0.05 and step_weights(cfg, 1000)["adv"] == pytest.approx(0.1)
+    assert step_weights(cfg, None)["adv"] == 0.1  # no step: the final weights
+    with pytest.raises(KeyError, match="no weight"):
+        step_weights({"schedules": {"lpips": {"warmup": 3}}}, 1)
+
+
+def _upsample(z):  # [B, 4, F, h, w] -> [B, 3, F, 4h, 4w], a differentiable stand-in decoder
+    return torch.nn.functional.interpolate(z[:, :3], scale_factor=(1, 4, 4))
+
+
+def test_adversarial_term_trains_the_generator_and_hands_d_real_and_detached_frames(teacher, student, batch):
+    from losses.adversarial import LipAdversarial, MultiScalePatchGAN
+
+    seen = {}
+
+    class Recording(LipAdversarial):
+        def discriminator_loss(self, real, fake, **context):
+            seen.update(real=real.clone(), fake=fake, context=context)
+            return super().discriminator_loss(real, fake, **context)
+
+    torch.manual_seed(0)
+    adv = Recording(MultiScalePatchGAN(scales=3, channels=4), r1_gamma=0.1)
+    frames = torch.rand(B, 3, *batch["latents"].shape[2:3], 32, 32) * 2 - 1
+    cfg = {"weights": {"adv": 0.1}, "schedules": {"adv": {"warmup": 10}}}
+    losses = StepLosses(L2(), {"adv": AuxTerm.of(adv, {"frames": "x0_frames"}, real="frames")})
+    spy = Spy(student)
+    out = distill_step(student, student, teacher, {**batch, "frames": frames}, cfg, losses, generator=_gen(2),
+                       decode=_upsample, step=5)  # fmt: skip
+    spy.remove()
+    assert out["adv_weight"].item() == pytest.approx(0.05)  # half-way through the warm-up
+    assert torch.equal(seen["real"], frames) and not seen["fake"].requires_grad
+    torch.testing.assert_close(seen["fake"], _upsample(student_x0(spy, batch)))
+    assert "mask" in seen["context"] and out["disc_loss"].requires_grad and out["adv_disc"] > 0
+    out["loss"].backward()
+    d_params = list(adv.discriminator.parameters())
+    assert all(p.grad is None for p in d_params)  # the generator loss leaves D alone
+    assert student.guidance_embedding.linear.weight.grad.abs().sum() > 0
+    student.zero_grad(set_to_none=True)
+    out["disc_loss"].backward()
+    assert all(p.grad is not None for p in d_params)
+    assert all(p.grad is None for p in student.parameters())  # D's loss never reaches the student
+    with pytest.raises(ValueError, match="needs `real`"):
+        AuxTerm.of(adv, {"frames": "x0_frames"})
+    with pytest.raises(KeyError, match="real tensor"):
+        distill_step(student, student, teacher, batch, cfg, losses, generator=_gen(2), decode=_upsample)
+
+
+def test_pixel_terms_on_the_one_step_items_only(teacher, student, batch):
+    calls = []
+
+    def decode(z):
+        calls.append(z.detach().clone())
+        return _upsample(z)
+
+    cfg = {"weights": {"a": 1.0}, "pixel_items": "one_step", "anchor": {"samples": 1}}
+    losses = StepLosses(L2(), {"a": AuxTerm.of(FrameMean(1.0), {"frames": "x0_frames", "latents": "latents"})})
+    spy = Spy(student)
+    out = distill_step(student, student, teacher, batch, cfg, losses, generator=_gen(3), decode=decode)
+    spy.remove()
+    x0 = student_x0(spy, batch)
+    t = spy.calls[0][0][1]
+    items = torch.nonzero(t == 999).flatten()
+    assert 0 in items.tolist() and len(calls) == 1 and calls[0].shape[0] == len(items)  # only the 1-step items
+    torch.testing.assert_close(calls[0], x0[items])
+    want = _upsample(x0[items]).flatten(1).mean(1).mean()  # the term's batch mean = its mean over those items
+    torch.testing.assert_close(out["a"], want)
+    with pytest.raises(ValueError, match="pixel_items"):
+        distill_step(student, student, teacher, batch, {**cfg, "pixel_items": "first"}, losses, generator=_gen(3),
+                     decode=decode)  # fmt: skip
+
+
+def test_latent_adversarial_on_frozen_teacher_features(teacher, student, batch):
+    node = {"loss": {"_target_": "losses.adversarial.LatentAdversarial", "channels": [32, 32, 32], "hidden": 8},
+            "inputs": {"x0": "x0"}, "real": "latents", "features": {"blocks": [0, 1], "mid": True}}  # fmt: skip
+    cfg = {"weights": {"ladv": 0.1}, "aux": {"ladv": node}}
+    with pytest.raises(ValueError, match="frozen U-Net"):
+        build_losses(cfg)
+    losses = build_losses(cfg, feature_unet=teacher)
+    assert list(losses.discriminators) == ["ladv"]
+    out = distill_step(student, student, teacher, batch, cfg, losses, generator=_gen(1))
+    assert torch.isfinite(out["ladv"]) and out["disc_loss"].requires_grad
+    out["loss"].backward()
+    assert student.guidance_embedding.linear.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
