@@ -47,15 +47,17 @@ def load_student(path: str | os.PathLike, device: str = "cpu"):
         raise InputError(str(err)) from None
 
 
-def read_audio_16k(path: str | os.PathLike) -> np.ndarray:
+def read_audio_16k(path: str | os.PathLike, to_video_end: bool = False) -> np.ndarray:
     """Mono float32 at 16 kHz; InputError for a missing file, no samples or non-finite samples (the last two
-    checked by ``teacher.media.read_audio``, whose MediaError is passed on with its message)."""
-    from teacher.media import MediaError, read_audio
+    checked by ``teacher.media.read_audio``, whose MediaError is passed on with its message).
+    ``to_video_end``: a video's own track, silence appended when the video outlasts it (the output then
+    lasts as long as the later of the two streams, ``teacher.media.read_audio_to_video_end``)."""
+    from teacher.media import MediaError, read_audio, read_audio_to_video_end
 
     if not Path(path).is_file():
         raise InputError(f"{path}: file not found")
     try:
-        audio = read_audio(path, sample_rate=SAMPLE_RATE)
+        audio = (read_audio_to_video_end if to_video_end else read_audio)(path, sample_rate=SAMPLE_RATE)
     except MediaError as err:
         raise InputError(str(err)) from None
     if audio.size == 0:
@@ -102,12 +104,17 @@ def lipsync_file(
     progress: bool = True,
 ) -> LipsyncReport:
     """Lip-sync ``video`` (prepared on the fly; or the uint8 ``frames`` [T, H, W, 3] at 25 fps) or a prepared
-    ``avatar`` to the audio of ``audio_path`` (or the 16 kHz ``audio`` array) with the exported student;
+    ``avatar`` to the audio of ``audio_path`` (or the 16 kHz ``audio`` array; neither: ``video``'s own track,
+    padded with silence to the video's end) with the exported student;
     writes ``out_path`` (H.264 + AAC). InputError for unusable inputs (nothing is written then)."""
     from inference.avatar import AvatarError, load_avatar, prepare_avatar
 
     if sum(x is not None for x in (video, avatar, frames)) != 1:
         raise InputError("give exactly one of a video (--video) or a prepared avatar (--avatar)")
+    if audio is None and audio_path is None and video is not None:  # the video's own track drives it
+        audio = read_audio_16k(video, to_video_end=True)
+    elif audio is None and audio_path is None:
+        raise InputError("give the audio (--audio), or a video with its own audio track")
     audio = read_audio_16k(audio_path) if audio is None else np.asarray(audio, np.float32)
     if audio.size == 0:
         raise InputError("the audio has no samples")

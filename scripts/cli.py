@@ -98,7 +98,7 @@ def _lipsync(args: argparse.Namespace) -> int:
         if args.teacher:
             return _lipsync_teacher(args)
         cfg = load_engine_config(args.preset, args.overrides, **_engine_options(args))
-        report = lipsync_file(args.student, args.out, audio_path=args.audio or args.video, video=args.video,
+        report = lipsync_file(args.student, args.out, audio_path=args.audio, video=args.video,
                               avatar=args.avatar, cfg=cfg, tiny_decoder=args.tiny_decoder)  # fmt: skip
     except (InputError, *USER_ERRORS) as err:
         return _fail(err)
@@ -114,7 +114,7 @@ def _lipsync_teacher(args: argparse.Namespace) -> int:
 
     if args.video is None:
         return _fail("--teacher needs --video (the teacher prepares no avatars)")
-    audio = read_audio_16k(args.audio or args.video)
+    audio = read_audio_16k(args.audio) if args.audio else read_audio_16k(args.video, to_video_end=True)
     report = run_teacher(configs.load(args.teacher, args.overrides), args.video, audio, args.out)  # streamed
     print(report.summary())
     return 0

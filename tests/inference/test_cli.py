@@ -235,3 +235,24 @@ def test_main_restores_the_callers_sigterm_handler(monkeypatch):
     monkeypatch.setattr(cli, "_demo", lambda args: 0)
     assert main(["demo"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_lipsync_without_audio_lasts_as_long_as_the_video(files, tmp_path):
+    """No --audio: the video's own track drives it, padded with silence where the video outlasts it (issue 10
+    item 1; `--teacher` reads it the same way, ``read_audio_16k(video, to_video_end=True)``); a video without
+    an audio track is exit 2, nothing written."""
+    from distill.synthworld import make_clip
+    from teacher.media import write_video
+
+    clip = make_clip(8, resolution=256, seconds=1.6)  # 40 frames, the audio cut to 0.8 s
+    video = tmp_path / "short_audio.mp4"
+    write_video(video, clip.frames, fps=25, audio=clip.audio[: 16000 * 4 // 5], sample_rate=16000)
+    out = tmp_path / "student.mp4"
+    assert main(["lipsync", "--student", str(files["student"]), "--video", str(video), "--out", str(out)]) == 0
+    n, _, seconds = probe(out)
+    assert n == 40 and abs(seconds - 1.6) < 0.05, (n, seconds)
+    silent = tmp_path / "silent.mp4"
+    write_video(silent, clip.frames[:10], fps=25)
+    assert main(["lipsync", "--student", str(files["student"]), "--video", str(silent), "--out",
+                 str(tmp_path / "x.mp4")]) == 2  # fmt: skip
+    assert not (tmp_path / "x.mp4").exists()
