@@ -69,6 +69,16 @@ def _open(path: str) -> av.container.InputContainer:
 START_TOLERANCE = 0.02  # s: a stream starting less than half a 25 fps frame after the file does counts as on time
 
 
+def _open_video(path: str | os.PathLike) -> tuple[str, av.container.InputContainer, av.video.stream.VideoStream]:
+    """(path, container, its first video stream); MediaError, the container closed, when there is none."""
+    path = _check_exists(path)
+    container = _open(path)
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"{path}: no video stream (empty or audio-only file)")
+    return path, container, container.streams.video[0]
+
+
 def nearest_frame_indices(timestamps: Sequence[float] | np.ndarray, duration: float, fps: float,
                           start: float | None = None) -> np.ndarray:
     """Map output frame k at time ``start + k / fps`` to the source frame with the nearest timestamp.
@@ -174,12 +184,8 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = 25) -> Iterat
     audio, its first frame is held until then. Decodes one frame ahead, so memory stays constant.
     Raises MediaError for a missing, corrupt or frameless file.
     """
-    path = _check_exists(path)
-    container = _open(path)
+    path, container, stream = _open_video(path)
     try:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream (empty or audio-only file)")
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         time_base, native = _frame_times(stream)
         lead = _stream_lead(container, stream)
@@ -290,12 +296,8 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
 def video_end(path: str | os.PathLike) -> float:
     """Seconds from the file's start (its earliest stream) to the end of the video's last frame, the span
     ``iter_video_frames`` covers (``ceil(end * fps)`` frames), read from packet timestamps without decoding."""
-    path = _check_exists(path)
-    container = _open(path)
+    path, container, stream = _open_video(path)
     try:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream (empty or audio-only file)")
-        stream = container.streams.video[0]
         time_base, native = _frame_times(stream)
         count, stamped, first, last = 0, 0, None, None  # packets, with pts; min and max pts (nothing is kept)
         try:
