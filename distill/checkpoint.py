@@ -7,6 +7,8 @@ A run directory holds ``checkpoints/step_XXXXXXX/``::
     optimizer.pt             optimizer state (absent under DeepSpeed: ``engine/`` holds it)
     scheduler.pt             LR scheduler state
     rng_rank{r}.pt           python, numpy, torch (and CUDA) RNG states and the step generator of rank r
+    discriminator.safetensors, disc_optimizer.pt   adversarial losses only: the discriminators' weights
+                             ({term}.{param}) and their optimizer (training state: ``turbosync export`` drops it)
     state.json               step, data position (epoch, batch index), non-finite counters, world size
 
 A checkpoint is written to ``checkpoints/.tmp_step_XXXXXXX`` and renamed when complete, so a
@@ -215,6 +217,26 @@ def load_student(directory: Path, student: nn.Module) -> None:
 
 def load_target(directory: Path, target: nn.Module) -> None:
     target.load_state_dict(load_file(str(directory / "target.safetensors")), strict=True)
+
+
+def save_discriminators(directory: Path, discriminators: Mapping[str, nn.Module], optimizer: Any) -> None:
+    """The adversarial terms' discriminators ``{name: module}`` (keys ``name.param``) and their optimizer."""
+    state = {f"{name}.{k}": v for name, d in discriminators.items() for k, v in full_state(d).items()}
+    save_file(state, str(directory / "discriminator.safetensors"))
+    save_torch(optimizer.state_dict(), directory / "disc_optimizer.pt")
+
+
+def load_discriminators(directory: Path, discriminators: Mapping[str, nn.Module], optimizer: Any) -> None:
+    """Inverse of ``save_discriminators`` (strict). Raises FileNotFoundError for a checkpoint without them."""
+    path = directory / "discriminator.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} holds no discriminator: it was written by a run without adversarial "
+                                f"losses")  # fmt: skip
+    state = load_file(str(path))
+    for name, d in discriminators.items():
+        prefix = f"{name}."
+        d.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    optimizer.load_state_dict(load_torch(directory / "disc_optimizer.pt"))
 
 
 def save_torch(obj: Any, path: Path) -> None:

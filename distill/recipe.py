@@ -8,6 +8,12 @@ accumulation, data parallel, DeepSpeed ZeRO through ``DeepSpeedPlugin``), non-fi
 skipping, checkpoints with an exact resume (``distill.checkpoint``), tensorboard and tqdm.
 This is the only module of the project that imports accelerate.
 
+Adversarial aux terms (``losses.adversarial``) bring their discriminators: one AdamW over all of them
+(``disc_optim``: lr, betas, weight_decay), stepped after each student step on the step's ``disc_loss``
+(gradients averaged over processes; not under DeepSpeed), saved with every checkpoint and restored on resume,
+never exported. ``student.init``: an export folder (``turbosync export``) whose weights start the student and
+its EMA target (continuing a distilled student instead of starting from the teacher).
+
 RUN_DIR (``run.output_dir``) holds ``config.yaml`` (the resolved config), ``losses.jsonl`` (one
 line per step), ``logs/`` (tensorboard), ``checkpoints/step_XXXXXXX`` and, at the end,
 ``rank{r}.json`` (final step and a hash of the weights each process holds).
@@ -43,6 +49,7 @@ from teacher.loading import freeze
 from teacher.sampler import OFFICIAL_W, alphas_cumprod, repeated_noise
 
 BATCH_KEYS = ("latents", "masked_latents", "ref_latents", "audio_embeds")
+OPTIONAL_KEYS = ("frames", "mel")  # real frames (the discriminator's real input), SyncNet mel windows (sync loss)
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -169,6 +176,7 @@ class Run:
     acp: torch.Tensor
     val_batch: dict[str, torch.Tensor]
     losses: StepLosses | None = None  # built once from cfg.distill (distill.step.build_losses)
+    disc_optimizer: Any = None  # AdamW over the adversarial terms' discriminators (None without one)
     batches: Any = None
     writer: Any = None
     resumed_from: Path | None = None
@@ -191,7 +199,7 @@ class Run:
 
 
 def _to_device_batch(batch: dict, latent_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    out = {k: batch[k].to(device) for k in BATCH_KEYS}
+    out = {k: batch[k].to(device) for k in (*BATCH_KEYS, *OPTIONAL_KEYS) if k in batch}
     out["mask"] = latent_mask(batch["mask"], latent_size).to(device)  # pixel mask -> [B, 1, F, h, h]
     return out
 
@@ -208,6 +216,8 @@ def setup(cfg: DictConfig) -> Run:
     tcfg = teacher_config(cfg)
     teacher = build_teacher_unet(tcfg, int(cfg.run.seed), cfg.teacher.get("fill_zero_init_std"))
     student, target = build_student(cfg, teacher)
+    if cfg.student.get("init"):
+        init_from_export(student, target, cfg.student.init)
     vae = freeze(configs.instantiate(tcfg.vae)).to(acc.device)
     with acc.main_process_first():
         if acc.is_main_process:
@@ -223,13 +233,53 @@ def setup(cfg: DictConfig) -> Run:
     run = Run(cfg, acc, teacher, vae, wrapped, target, optimizer, scheduler, dataset, out,
               torch.Generator().manual_seed(_step_seed(int(cfg.run.seed), acc.process_index)),
               ckpt.RunState(world_size=acc.num_processes), alphas_cumprod().to(acc.device), val)  # fmt: skip
-    run.losses = build_losses(cfg.distill)
+    run.losses = build_losses(cfg.distill, feature_unet=teacher)
+    run.disc_optimizer = build_disc_optimizer(run)
     run.resumed_from = ckpt.resume_path(cfg.run.get("resume"), out / "checkpoints")
     if run.resumed_from is not None:
         load_checkpoint(run, run.resumed_from)
     run.batches = _batches(run, h)
     _open_logs(run)
     return run
+
+
+def init_from_export(student: StudentUNet, target: nn.Module, path: str) -> None:
+    """Load an export's weights (``student.io`` format, the EMA target of its run) into the student and its
+    target. Raises ValueError for a LoRA student or an export of another architecture (strict load)."""
+    from student import io
+
+    if getattr(student, "has_lora", False):
+        raise ValueError("student.init loads a full student; it cannot start a LoRA run")
+    state = {k: v.float() for k, v in io.load(path).state_dict().items()}
+    student.load_state_dict(state, strict=True)
+    if target is not student:
+        target.load_state_dict(state, strict=True)
+
+
+def build_disc_optimizer(run: Run):
+    """AdamW over every adversarial term's discriminator (moved to the device), from ``cfg.disc_optim``
+    (default lr 2e-4, betas (0, 0.99), no weight decay); None when the losses have no discriminator."""
+    discs = run.losses.discriminators
+    if not discs:
+        return None
+    if run.deepspeed:
+        raise NotImplementedError("adversarial losses are not supported under DeepSpeed (the discriminator's step)")
+    o = run.cfg.get("disc_optim") or {}
+    params = [p for d in discs.values() for p in d.to(run.acc.device).parameters()]
+    return torch.optim.AdamW(params, lr=float(o.get("lr", 2e-4)), betas=tuple(o.get("betas", (0.0, 0.99))),
+                             weight_decay=float(o.get("weight_decay", 0.0)))  # fmt: skip
+
+
+def _disc_update(run: Run, finite: bool) -> None:
+    """One discriminator step on the accumulated ``disc_loss`` gradients (averaged over processes)."""
+    opt = run.disc_optimizer
+    params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    if run.acc.num_processes > 1:
+        for p in params:
+            p.grad = run.acc.reduce(p.grad, "mean")
+    if finite and all(torch.isfinite(p.grad).all() for p in params):
+        opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def _batches(run: Run, latent_size: int):
@@ -254,19 +304,26 @@ def train_step(run: Run) -> tuple[dict[str, float], str]:
     acc, accum = run.acc, int(run.cfg.run.grad_accum)
     sums: dict[str, float] = {}
     finite, status, lr = True, "ok", run.scheduler.get_last_lr()[0]  # the LR this step uses
+    d_finite = True
     distill_cfg = OmegaConf.to_container(run.cfg.distill, resolve=True)
     for _ in range(accum):
         batch = next(run.batches)
         with acc.accumulate(run.student):
             with acc.autocast():
                 out = distill_step(run.student, run.target, run.teacher, batch, distill_cfg, run.losses,
-                                   generator=run.generator, alphas_cumprod=run.acp, decode=run.vae.decode)  # fmt: skip
+                                   generator=run.generator, alphas_cumprod=run.acp, decode=run.vae.decode,
+                                   step=run.state.step)  # fmt: skip
             finite = finite and bool(torch.isfinite(out["loss"]))
             acc.backward(out["loss"])
+            if "disc_loss" in out:  # the discriminators' own loss (real frames vs the detached x0)
+                d_finite = d_finite and bool(torch.isfinite(out["disc_loss"]))
+                (out["disc_loss"] / accum).backward()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
             if acc.sync_gradients:
                 status = _apply_update(run, finite, sums)
+                if run.disc_optimizer is not None:
+                    _disc_update(run, d_finite)
     means = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), "mean")  # over processes
     logs = {k: float(v) for k, v in zip(sums, means)}
     return {**logs, "lr": lr}, status
@@ -382,6 +439,8 @@ def _finish(run: Run) -> None:
     summary = {"step": run.state.step, "nonfinite_total": run.state.nonfinite_total,
                "student_sha256": ckpt.weights_hash(run.plain_student),
                "target_sha256": ckpt.weights_hash(run.target)}  # fmt: skip
+    for name, disc in (run.losses.discriminators if run.losses is not None else {}).items():
+        summary[f"{name}_discriminator_sha256"] = ckpt.weights_hash(disc)
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / f"rank{acc.process_index}.json").write_text(json.dumps(summary, indent=1))
     acc.wait_for_everyone()
@@ -407,6 +466,8 @@ def save_checkpoint(run: Run) -> None:
         if not run.deepspeed:
             ckpt.save_torch(run.optimizer.state_dict(), tmp / "optimizer.pt")
         ckpt.save_torch(run.scheduler.state_dict(), tmp / "scheduler.pt")
+        if run.disc_optimizer is not None:
+            ckpt.save_discriminators(tmp, run.losses.discriminators, run.disc_optimizer)
         if acc.scaler is not None:
             ckpt.save_torch(acc.scaler.state_dict(), tmp / "scaler.pt")
     acc.wait_for_everyone()
@@ -436,6 +497,8 @@ def load_checkpoint(run: Run, path: Path) -> None:
     if not run.online_target:
         ckpt.load_target(path, run.target)
     run.scheduler.load_state_dict(ckpt.load_torch(path / "scheduler.pt"))
+    if run.disc_optimizer is not None:
+        ckpt.load_discriminators(path, run.losses.discriminators, run.disc_optimizer)
     if run.acc.scaler is not None and (path / "scaler.pt").is_file():
         run.acc.scaler.load_state_dict(ckpt.load_torch(path / "scaler.pt"))
     run.state = state

@@ -10,6 +10,9 @@ Each item is an F-frame window of one shard::
     audio_embeds    float32 [F, 50, 384]  Whisper token sets (``teacher.audio.frame_step_indices``)
     audio           float32 [F * 640]     16 kHz samples of the window
     mouth_open      float32 [F]           synthetic ground truth when the shard has it, else absent
+    mel             float32 [1, 80, T]    with ``mel=True``: the SyncNet mel window of the F frames
+                                          (``losses.mel.mel_window`` of the shard's whole-audio mel, cached in
+                                          the shard as ``syncnet_mel.npy``; T = ceil(80 F / 25), 26 for 8 frames)
     shard, start    int                   where the window comes from
 
 With ``latents=True`` and a cache written by ``encode_latents``, the item also holds
@@ -22,6 +25,7 @@ Items are a pure function of (index, seed): a resumed run sees the same data.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +76,7 @@ class ClipDataset(Dataset):
         latents: bool = False,
         seed: int = 0,
         pixels: bool = True,
+        mel: bool = False,
     ):
         if reference not in ("other", "same"):
             raise ValueError(f"reference must be 'other' (training) or 'same' (inference), got {reference!r}")
@@ -81,6 +86,7 @@ class ClipDataset(Dataset):
         self.latents = latents
         self.pixels = pixels or not latents  # without a latent cache the frames are the data
         self.seed = seed
+        self.mel = mel
         self.shards = list_shards(root, min_frames=num_frames)
         if not self.shards:
             raise ValueError(f"no shard in {root} has {num_frames} frames")
@@ -135,6 +141,10 @@ class ClipDataset(Dataset):
             item["frames"] = frames
             item["masked_frames"] = masked_pixels(frames, mask)
             item["ref_frames"] = frames if ref_start == start else crops_to_pixels(self._frames(k, ref_start))
+        if self.mel:
+            from losses.mel import mel_window
+
+            item["mel"] = mel_window(torch.from_numpy(shard_mel(shard)), start, f, float(shard.meta.get("fps", 25)))
         truth = shard.meta.get("ground_truth", {})
         if "mouth_open" in truth:
             item["mouth_open"] = torch.tensor(truth["mouth_open"][start : start + f], dtype=torch.float32)
@@ -154,6 +164,20 @@ class ClipDataset(Dataset):
             z = (z - float(cache["shift_factor"])) * float(cache["scaling_factor"])
             out[name] = z.permute(1, 0, 2, 3)  # [4, F, h, w]
         return out
+
+
+def shard_mel(shard: Shard) -> np.ndarray:
+    """The SyncNet mel spectrogram ``[80, T]`` float32 of the shard's whole audio (``losses.mel.syncnet_mel``),
+    computed once and cached as ``syncnet_mel.npy`` in the shard (written atomically)."""
+    path = shard.path / "syncnet_mel.npy"
+    if not path.is_file():
+        from losses.mel import syncnet_mel
+
+        mel = syncnet_mel(np.load(shard.path / "audio.npy"), int(shard.meta.get("sample_rate", 16000))).numpy()
+        tmp = shard.path / f".syncnet_mel.{os.getpid()}.npy"
+        np.save(tmp, mel)
+        tmp.replace(path)
+    return np.load(path)
 
 
 @torch.no_grad()

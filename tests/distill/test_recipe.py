@@ -143,10 +143,21 @@ def _wait_then_kill(proc: subprocess.Popen, run_dir: Path, checkpoint: str, logg
     proc.wait(timeout=60)
 
 
-def test_sigkill_resume_matches_uninterrupted_run(data_root, tmp_path):
+# the lip PatchGAN (small, R1 on) behind a warm-up: its own optimizer, its state in every checkpoint
+ADVERSARIAL = ("+distill.aux.adv={loss: {_target_: losses.adversarial.LipAdversarial, r1_gamma: 0.1, "
+               "discriminator: {_target_: losses.adversarial.MultiScalePatchGAN, channels: 8}}, "
+               "inputs: {frames: x0_frames, mask: mask}, real: frames}",
+               "+distill.weights.adv=0.1", "+distill.schedules={adv: {warmup: 6}}", "+disc_optim={lr: 1e-3}",
+               "data.dataset.pixels=true")  # fmt: skip
+
+
+def test_sigkill_resume_matches_uninterrupted_run(data_root, tmp_path, variant="adversarial"):
     """Killed with SIGKILL after the step-3 checkpoint, resumed with resume=auto: the same losses, step for
-    step, and the same final weights as a run never interrupted (data crosses an epoch; samples at 4, 8, 12)."""
+    step, and the same final weights as a run never interrupted (data crosses an epoch; samples at 4, 8, 12).
+    The run trains a discriminator beside the student (its weights and optimizer resumed too): a superset of the
+    plain run's state (``variant="plain"`` checks the plain recipe alone; CI runs the superset only, for time)."""
     extra = ("run.max_steps=12", "run.checkpoint_every=3", "run.keep_last=2", "run.sample_every=4")
+    extra += ADVERSARIAL if variant == "adversarial" else ()
     full, cut = tmp_path / "full", tmp_path / "cut"
     subprocess.run(_cli(_overrides(full, data_root, *extra)), cwd=ROOT, env=_env(), check=True, capture_output=True)
 
@@ -162,11 +173,17 @@ def test_sigkill_resume_matches_uninterrupted_run(data_root, tmp_path):
     a, b = _losses(full), _losses(cut)
     assert [x["step"] for x in a] == [x["step"] for x in b] == list(range(1, 13))
     for x, y in zip(a, b):
-        for key in ("loss", "consistency", "recon", "t_mean", "w_mean", "grad_norm", "lr"):
+        keys = ("loss", "consistency", "recon", "t_mean", "w_mean", "grad_norm", "lr")
+        for key in keys + (("adv", "adv_disc", "adv_weight", "disc_loss") if variant == "adversarial" else ()):
             assert abs(x[key] - y[key]) <= 1e-6 * max(1.0, abs(x[key])), (x["step"], key, x[key], y[key])
     assert len({x["loss"] for x in a}) > 6  # real, varying losses
     ra, rb = (json.loads((d / "rank0.json").read_text()) for d in (full, cut))
-    assert ra["student_sha256"] == rb["student_sha256"] and ra["target_sha256"] == rb["target_sha256"]
+    assert ra == rb  # student, target (and discriminator) weights bit-identical
+    if variant == "adversarial":
+        last = full / "checkpoints" / "step_0000012"
+        assert "adv_discriminator_sha256" in ra and (last / "disc_optimizer.pt").is_file()
+        assert [x["adv_weight"] for x in a[:7]] == pytest.approx([0.1 * k / 6 for k in range(7)])  # the warm-up
+        assert len({x["adv_disc"] for x in a}) > 6
     assert [p.name for p in ckpt.list_checkpoints(full / "checkpoints")] == ["step_0000009", "step_0000012"]
     final = ckpt.read_state(full / "checkpoints" / "step_0000012")
     assert (final.epoch, final.index) == (1, 1)  # 12 batches: one epoch of 11, then one more
