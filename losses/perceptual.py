@@ -19,12 +19,14 @@ explicitly random trunk (``backbone="random"``, for tests and the toy).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 if TYPE_CHECKING:  # lpips imports torchvision: imported on use
     import lpips
@@ -72,6 +74,20 @@ def load_vgg16_trunk(net: lpips.pretrained_networks.vgg16, state_dict: dict[str,
     net.load_state_dict(mapped, strict=True)
 
 
+def _vgg16_features(pretrained: bool = False, **_) -> SimpleNamespace:
+    """torchvision's ``vgg16()`` as far as lpips uses it: ``.features`` with torchvision's initialisation."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    if pretrained:
+        raise RuntimeError("build_lpips never asks torchvision for (downloaded) weights")
+    features = make_layers(cfgs["D"])
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):  # torchvision VGG._initialize_weights
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return SimpleNamespace(features=features)
+
+
 def build_lpips(backbone: str | Path | None = None, seed: int = 0) -> lpips.LPIPS:
     """``lpips.LPIPS(net="vgg")`` (v0.1, the package's linear heads) with its VGG16 trunk read offline.
 
@@ -86,10 +102,9 @@ def build_lpips(backbone: str | Path | None = None, seed: int = 0) -> lpips.LPIP
     import lpips
 
     path = None if backbone == RANDOM else vgg16_path(backbone)
-    # pnet_rand: lpips builds torchvision's VGG16 without weights (no download); the heads come from the wheel.
-    # Its call tv.vgg16(pretrained=False) warns that the argument is deprecated: silenced here.
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
+    # pnet_rand: no download; the heads come from the wheel. lpips keeps only torchvision's vgg16().features:
+    # while it builds, vgg16 makes just those (its classifier would be 124 M random parameters, thrown away).
+    with torch.random.fork_rng(devices=[]), mock.patch.object(lpips.pretrained_networks.tv, "vgg16", _vgg16_features):
         torch.manual_seed(seed)
         model = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
     if path is not None:
@@ -106,23 +121,30 @@ class LPIPSLoss:
             still flow to ``x0_frames``.
         lower_half: compare rows ``H // 2 :`` only (upstream: yes).
         resolution: resize faces (bicubic) to ``resolution x resolution`` first; ``None`` (upstream) keeps them.
+        frame_stride: compare frames ``0, s, 2s, ...`` only; 1 (upstream) takes every frame. A cost knob for
+            CPU runs (VGG16 on every frame is the dominant cost: ~17 s a call at batch 4 x 8 x 128 px on one
+            thread of the dev CPU), not part of LatentSync.
 
     Call (the distillation step feeds both by name; wiring ``inputs: {x0_frames: x0_frames, frames: frames}``
     is the default, so none is needed):
         x0_frames: ``[B, 3, F, H, W]`` the student's decoded prediction in [-1, 1] (VAE output layout).
         frames: ``[B, 3, F, H, W]`` the real frames in [-1, 1].
-    Returns ``[B]`` float32: LPIPS per frame, mean over the F frames.
+    Returns ``[B]`` float32: LPIPS per frame, mean over the F frames (every ``frame_stride``-th).
     """
 
-    def __init__(self, net: lpips.LPIPS, lower_half: bool = True, resolution: int | None = None):
+    def __init__(self, net: lpips.LPIPS, lower_half: bool = True, resolution: int | None = None, frame_stride: int = 1):
+        if frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         self.net = net.eval().requires_grad_(False)
         self.lower_half = lower_half
         self.resolution = resolution
+        self.frame_stride = frame_stride
 
     def crops(self, frames: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, F, H, W]`` -> the per-frame images LPIPS sees, ``[B * F, 3, H', W]`` float32 (frame-minor)."""
+        """``[B, 3, F, H, W]`` -> the images LPIPS sees, ``[B * F', 3, H', W']`` float32 (F' = ceil(F / stride))."""
         if frames.dim() != 5 or frames.shape[1] != 3:
             raise ValueError(f"frames must be [B, 3, F, H, W], got {tuple(frames.shape)}")
+        frames = frames[:, :, :: self.frame_stride]
         b, c, f, h, w = frames.shape
         x = frames.transpose(1, 2).reshape(b * f, c, h, w).float()  # (b f) c h w
         if self.resolution is not None and (h, w) != (self.resolution, self.resolution):
@@ -133,7 +155,7 @@ class LPIPSLoss:
         if x0_frames.shape != frames.shape:
             raise ValueError(f"x0_frames {tuple(x0_frames.shape)} and frames {tuple(frames.shape)} differ")
         d = self.net(self.crops(x0_frames), self.crops(frames).to(x0_frames.device))  # [(b f), 1, 1, 1]
-        return d.reshape(frames.shape[0], frames.shape[2]).mean(1)
+        return d.reshape(frames.shape[0], -1).mean(1)
 
     def to(self, *args, **kwargs) -> LPIPSLoss:
         """Move the network (``torch.nn.Module.to`` arguments); returns self."""
@@ -143,5 +165,5 @@ class LPIPSLoss:
     def __repr__(self) -> str:
         return (
             f"LPIPSLoss(backbone={getattr(self.net, 'backbone_source', 'unknown')!r}, "
-            f"lower_half={self.lower_half}, resolution={self.resolution})"
+            f"lower_half={self.lower_half}, resolution={self.resolution}, frame_stride={self.frame_stride})"
         )

@@ -77,6 +77,23 @@ def test_loss_equals_lpips_on_lower_half_crops(loss, reference):
     assert not loss.net.training and VGG16_FILE in repr(loss)
 
 
+def test_resolution_and_frame_stride(loss, reference):
+    g = torch.Generator().manual_seed(2)
+    x0, real = (torch.rand(2, 3, 5, 24, 24, generator=g) * 2 - 1 for _ in range(2))
+    cheap = LPIPSLoss(loss.net, resolution=32, frame_stride=2)  # frames 0, 2, 4 at 32 px
+    out = cheap(x0, real)
+
+    def crops(v):
+        v = v[:, :, ::2].permute(0, 2, 1, 3, 4).reshape(6, 3, 24, 24)
+        return torch.nn.functional.interpolate(v, size=(32, 32), mode="bicubic")[:, :, 16:]
+
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference(crops(x0), crops(real)).reshape(2, 3).mean(1))
+    assert "frame_stride=2" in repr(cheap)
+    with pytest.raises(ValueError, match="frame_stride"):
+        LPIPSLoss(loss.net, frame_stride=0)
+
+
 def test_missing_file_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         build_lpips(tmp_path / "nope.pth")
