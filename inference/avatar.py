@@ -137,6 +137,20 @@ def read_source(source: str | os.PathLike | np.ndarray) -> np.ndarray:
     return np.stack(list(iter_source(source)))
 
 
+def _expected_frames(source) -> int | None:
+    """How many frames ``iter_source`` will give, for the progress bar (None when unknown)."""
+    if isinstance(source, np.ndarray):
+        return len(source)
+    if Path(source).suffix.lower() in IMAGE_EXTENSIONS:
+        return 1
+    from teacher.media import MediaError, video_end
+
+    try:
+        return int(np.ceil(video_end(source) * 25 - 1e-6))
+    except MediaError:
+        return None
+
+
 class NpyStream:
     """One ``.npy`` file written row by row as the rows come, without knowing their count in advance.
 
@@ -230,7 +244,7 @@ def prepare_avatar(
         for aligned in iter_aligned(frames(), aligner):
             frame = current[0]
             if not streams:
-                bar = tqdm(desc="prepare avatar", unit="frame", disable=not progress)
+                bar = tqdm(total=_expected_frames(source), desc="prepare avatar", unit="frame", disable=not progress)
                 lat = ((4, h, h), np.float32)
                 shapes = {"frames": (frame.shape, np.uint8), "crops": ((res, res, 3), np.uint8),
                           "matrices": ((2, 3), np.float64), "has_face": ((), np.bool_),
