@@ -19,7 +19,7 @@ import configs
 from distill import recipe
 from scripts.cli import main
 from student.model import StudentUNet
-from tests.distill.test_recipe import ROOT, _fresh_accelerate_state, _overrides, data_root  # noqa: F401
+from tests.distill.test_recipe import ADVERSARIAL, ROOT, _fresh_accelerate_state, _overrides, data_root  # noqa: F401
 from tests.student import rel_err
 
 BLOCKED = ("accelerate", "deepspeed", "peft")
@@ -63,9 +63,11 @@ def _load_blocked(export_dir: Path, tmp: Path) -> torch.Tensor:
     return torch.load(tmp / "eps.pt")
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full-ema", "lora-merged"])
-def test_export_matches_the_in_memory_network(data_root, tmp_path, lora):  # noqa: F811
+@pytest.mark.parametrize("lora,adversarial", [(False, True), (True, False)],
+                         ids=["full-ema-with-discriminator", "lora-merged"])  # fmt: skip
+def test_export_matches_the_in_memory_network(data_root, tmp_path, lora, adversarial):  # noqa: F811
     extra = ("student.lora={rank: 4, alpha: 4}", "optim.lr=1e-2") if lora else ()
+    extra += ADVERSARIAL if adversarial else ()
     run = _train(tmp_path / "run", data_root, *extra)
     network = run.plain_student if lora else run.target  # the LoRA student itself / the EMA target
     assert network.has_lora == lora and (network is run.plain_student) == lora
@@ -76,6 +78,9 @@ def test_export_matches_the_in_memory_network(data_root, tmp_path, lora):  # noq
     config = json.loads((out / "config.json").read_text())
     assert config["source"]["step"] == 2 and config["source"]["checkpoint"] == "step_0000002"
     assert not any("lora_" in k or "base_layer" in k for k in state)
+    if adversarial:  # the discriminator is training state: in the checkpoint, never in the export
+        assert (run.out / "checkpoints" / "step_0000002" / "discriminator.safetensors").is_file()
+        assert not any("discriminator" in p.name for p in out.rglob("*"))
     assert set(state) == set(recipe.build_student(run.cfg, run.teacher.float())[0].merge_lora().state_dict())
 
     got = _load_blocked(out, tmp_path)
@@ -88,6 +93,25 @@ def test_export_matches_the_in_memory_network(data_root, tmp_path, lora):  # noq
     if not lora:
         student_now = run.plain_student(sample, t, audio, w).detach()
         assert rel_err(expected, student_now) > 1e-4  # the export is the EMA target, not the online student
+
+
+def test_student_init_starts_student_and_target_from_an_export(data_root, tmp_path):  # noqa: F811
+    import student
+
+    run = _train(tmp_path / "run", data_root)
+    out = tmp_path / "export"
+    assert main(["export", str(run.out), str(out)]) == 0
+    cfg = configs.load("distill/tiny", _overrides(tmp_path / "cont", data_root, f"+student.init={out}"))
+    cont = recipe.setup(cfg)
+    cont.writer.close()
+    exported = student.load(out).state_dict()
+    for net in (cont.plain_student, cont.target):
+        assert net is not None and all(torch.equal(v, exported[k]) for k, v in net.state_dict().items())
+    fresh = recipe.build_student(cfg, run.teacher)[0].state_dict()  # teacher-initialised, as without student.init
+    assert any(not torch.equal(exported[k], v) for k, v in fresh.items())  # so the check has teeth
+    with pytest.raises(ValueError, match="LoRA"):
+        recipe.init_from_export(recipe.build_student(configs.load("distill/tiny", ["student.lora={rank: 4, alpha: 4}"]),
+                                                     run.teacher)[0], None, str(out))  # fmt: skip
 
 
 def test_export_errors(tmp_path):

@@ -1,0 +1,292 @@
+"""Issue 13's measured arms: what the sync reward, the lip PatchGAN, LPIPS and TREPA do to a 1-step toy student.
+
+    python -m scripts.bench_losses --steps 60 --seeds 0 1 --draws 3 --jobs 2 --out runs/bench_losses \
+        --json docs/bench_losses.json
+    python -m scripts.bench_losses --cost-only --out runs/bench_losses_cost      # training cost per term only
+
+1. Cost: one process builds the ``distill/losses_all`` run (``distill.recipe.setup``: teacher, student from
+   ``assets/toy_student``, data, every loss) and times one training step's forward + backward (the
+   discriminator's backward included, no optimizer step, final weights) on the same batch and the same draws
+   for: plain (no added term), plain + each added term alone, and all of them; ``--cost-repeats`` rounds
+   interleaved, the fastest of each kept (the dev CPU is shared), cost of a term = its row minus plain.
+2. Train: every arm (``configs/distill/losses_{plain,sync,sync_adv,all}.yaml``: the same continuation of the
+   committed toy student, the same data, steps and optimizer; only the auxiliary terms differ) from each
+   ``--seeds`` seed (``run.seed``: the data order, the step's draws, the discriminator's init), ``--jobs`` runs
+   at a time, each exported. A run whose export exists is reused (the bench resumes).
+3. Evaluate with ``distill.benchmark`` (as ``scripts/bench_distill``): held-out synthetic clips, each student at
+   1 step and ``teacher_ddim_20`` (official leading spacing, guided) from the same noise, for ``--draws`` noise
+   draws (draw 0 the windows' own noise, then seeds 1001, ...): sync_score (the world's own ``measure_mouth``
+   against the true mouth opening), lse_c / lse_d (the held-out toy SyncNet, ``--syncnet``), sharpness,
+   mse_to_ground_truth, and ``boundary``: ``teacher.conditioning.boundary_visibility`` (the step in 8-bit levels
+   across the mask's edge, width ``--boundary-width`` px) of the composited 128 px crops the other metrics score
+   (the crop-space form of ``scripts/bench_boundary``'s measure, which runs the whole engine on full frames).
+4. Rows ``plain``, ``sync``, ``sync_adv``, ``all``, ``teacher_ddim_20``: per metric the mean over seeds x draws,
+   ``std`` over those values, ``seed_spread`` (std over the seeds of each seed's draw mean; 0 for the teacher,
+   which has no training seed), ``draw_std`` (mean over seeds of the std over draws) and the values; then the
+   issue's comparisons (``_verdict``) and the cost (``_cost``). Writes ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ARMS = ("plain", "sync", "sync_adv", "all")
+TEACHER = "teacher_ddim_20"
+METRICS = ("sync_score", "lse_c", "lse_d", "sharpness", "mse_to_ground_truth", "boundary")
+TERMS = ("sync", "adv", "lpips", "trepa")  # the added terms, in the order the arms add them
+
+
+# --------------------------------------------------------------------------- 1. cost
+def _time_step(run, batch, losses, generator_seed: int) -> float:
+    """Seconds for one step's forward + backward (+ the discriminator's backward) with ``losses``."""
+    from omegaconf import OmegaConf
+
+    from distill.step import distill_step
+
+    cfg = OmegaConf.to_container(run.cfg.distill, resolve=True)
+    t0 = time.perf_counter()
+    out = distill_step(run.student, run.target, run.teacher, batch, cfg, losses,
+                       generator=torch.Generator().manual_seed(generator_seed), alphas_cumprod=run.acp,
+                       decode=run.vae.decode, step=None)  # fmt: skip
+    out["loss"].backward()
+    if "disc_loss" in out:
+        out["disc_loss"].backward()
+    seconds = time.perf_counter() - t0
+    run.student.zero_grad(set_to_none=True)
+    for d in losses.discriminators.values():
+        d.zero_grad(set_to_none=True)
+    return seconds
+
+
+def measure_cost(out: Path, repeats: int) -> dict:
+    """Training cost per step of each added term on this machine (see the module docstring)."""
+    import configs
+    from distill import recipe
+    from distill.step import StepLosses
+
+    cfg = configs.load("distill/losses_all", [f"run.output_dir={out / 'cost_run'}", "run.resume=null"])
+    if (out / "cost_run").exists():
+        import shutil
+
+        shutil.rmtree(out / "cost_run")
+    run = recipe.setup(cfg)
+    batch = next(run.batches)
+    full = run.losses
+    variants = {"plain": StepLosses(full.consistency, {"recon": full.aux["recon"]})}
+    for term in TERMS:
+        variants[f"+{term}"] = StepLosses(full.consistency, {"recon": full.aux["recon"], term: full.aux[term]})
+    variants["all"] = full
+    _time_step(run, batch, full, 0)  # warm-up (allocations, lazy inits)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, losses in variants.items():
+            times[name].append(_time_step(run, batch, losses, 0))
+    best = {k: min(v) for k, v in times.items()}
+    if run.writer is not None:
+        run.writer.close()
+    return {
+        "seconds_per_step": best,
+        "term_seconds": {t: best[f"+{t}"] - best["plain"] for t in TERMS},
+        "all_over_plain": best["all"] / best["plain"],
+        "all_times": times,
+        "what": "forward + backward of one step (batch 4 x 8 frames, 128 px; pixel terms on the 1 item at t = 999), "
+        "the discriminator's backward included, no optimizer step; fastest of the repeats",
+        "threads": torch.get_num_threads(),
+    }
+
+
+# --------------------------------------------------------------------------- 2. train
+def _cli(args: list[str], log: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(log, "a") as f:
+        res = subprocess.run([sys.executable, "-m", "scripts.cli", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"turbosync {' '.join(args[:3])} failed (rc {res.returncode}); see {log}")
+
+
+def train_arm(arm: str, seed: int, steps: int, out: Path, extra: list[str]) -> Path:
+    """Distill one arm from one seed and export it; an existing export is reused. Returns the export."""
+    run_dir = out / f"{arm}_s{seed}"
+    export = run_dir / "export"
+    if (export / "config.json").is_file():
+        return export
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    _cli(["distill", "--config", f"distill/losses_{arm}", f"run.output_dir={run_dir}", f"run.seed={seed}",
+          f"run.max_steps={steps}", f"run.checkpoint_every={steps}", "run.resume=auto", *extra],
+         run_dir / "train.log")  # fmt: skip
+    _cli(["export", str(run_dir), str(export)], run_dir / "train.log")
+    (run_dir / "train_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
+    print(f"trained {arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    return export
+
+
+def train_all(arms, seeds, steps: int, out: Path, jobs: int, extra: list[str]) -> dict[tuple[str, int], Path]:
+    jobs_list = [(a, s) for s in seeds for a in arms]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {key: pool.submit(train_arm, *key, steps, out, extra) for key in jobs_list}
+        return {key: f.result() for key, f in futures.items()}
+
+
+# --------------------------------------------------------------------------- 3. evaluate
+def boundary(outputs: list[torch.Tensor], windows, width: float) -> float:
+    """``boundary_visibility`` of composited crops ``[F, R, R, 3]`` in [0, 1] across the windows' mask edge."""
+    from teacher.conditioning import boundary_visibility
+
+    frames, regions = [], []
+    for out, win in zip(outputs, windows):
+        region = (win.mask[0, 0] < 0.5).numpy()  # [F, R, R] generated region
+        frames += [f.numpy() * 255.0 for f in out]
+        regions += list(region)
+    return boundary_visibility(frames, regions, width)
+
+
+def evaluate_draws(students: dict[str, torch.nn.Module], args) -> tuple[list[dict], dict]:
+    """[{method: metrics}] per noise draw, and the setup facts."""
+    import configs
+    from distill.benchmark import evaluate, make_windows, student_method, teacher_method
+    from scripts.bench_distill import heldout, measuring_syncnet
+    from teacher.loading import freeze
+
+    cfg = configs.load("teacher/toy")
+    unet, vae = freeze(configs.instantiate(cfg.unet)), freeze(configs.instantiate(cfg.vae))
+    data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, int(cfg.data.num_frames))
+    syncnet, sync_window = measuring_syncnet(args.syncnet)
+    methods = {TEACHER: teacher_method(unet, 20)}
+    methods |= {name: student_method(stu, 1) for name, stu in students.items()}
+    draws = []
+    for k in range(args.draws):
+        windows = make_windows(data, vae, seed=0, noise_seed=None if k == 0 else 1000 + k)
+        res, outputs, truth = evaluate(methods, windows, vae, syncnet=syncnet, sync_window=sync_window)
+        for name in methods:
+            res[name]["boundary"] = boundary(outputs[name], windows, args.boundary_width)
+        res["_ground_truth"]["boundary"] = boundary(truth, windows, args.boundary_width)
+        draws.append(res)
+        print(f"noise draw {k + 1}/{args.draws} done", flush=True)
+    return draws, {"heldout_windows": len(windows), "frames_per_window": int(cfg.data.num_frames)}
+
+
+# --------------------------------------------------------------------------- 4. summarise
+def summarize(draws: list[dict], seeds: list[int]) -> dict:
+    """Rows ``ARMS`` + ``teacher_ddim_20``: mean / std / seed_spread / draw_std / values per metric."""
+    rows = {}
+    for row in (*ARMS, TEACHER):
+        names = [TEACHER] if row == TEACHER else [f"{row}_s{s}" for s in seeds]
+        if any(n not in draws[0] for n in names):
+            continue
+        rows[row] = {}
+        for m in METRICS:
+            vals = np.array([[d[n][m] for d in draws] for n in names], dtype=np.float64)  # [seeds, draws]
+            rows[row][m] = {"mean": float(vals.mean()), "std": float(vals.std()),
+                            "seed_spread": float(vals.mean(1).std()), "draw_std": float(vals.std(1).mean()),
+                            "values": vals.tolist()}  # fmt: skip
+    return rows
+
+
+def verdict(rows: dict) -> dict:
+    """The issue's comparisons: sync_adv vs plain (sync_score, sharpness toward the teacher, mse +5%), and
+    the sync-reward student's sync_score vs the 20-step teacher's; spreads are the seed-to-seed ones."""
+    out = {}
+    if {"plain", "sync_adv", TEACHER} <= rows.keys():
+        p, a, t = rows["plain"], rows["sync_adv"], rows[TEACHER]
+        d_sync = a["sync_score"]["mean"] - p["sync_score"]["mean"]
+        spread_sync = max(p["sync_score"]["seed_spread"], a["sync_score"]["seed_spread"])
+        gap_p = abs(p["sharpness"]["mean"] - t["sharpness"]["mean"])
+        gap_a = abs(a["sharpness"]["mean"] - t["sharpness"]["mean"])
+        spread_sharp = max(p["sharpness"]["seed_spread"], a["sharpness"]["seed_spread"])
+        mse_change = a["mse_to_ground_truth"]["mean"] / p["mse_to_ground_truth"]["mean"] - 1
+        out["sync_adv_vs_plain"] = {
+            "sync_score_gain": d_sync, "sync_score_seed_spread": spread_sync, "sync_met": d_sync > spread_sync,
+            "sharpness_gap_to_teacher": {"plain": gap_p, "sync_adv": gap_a}, "sharpness_seed_spread": spread_sharp,
+            "sharpness_met": gap_p - gap_a > spread_sharp, "mse_to_ground_truth_change": mse_change,
+            "mse_met": mse_change <= 0.05,
+        }  # fmt: skip
+    if {"sync", TEACHER} <= rows.keys():
+        s, t = rows["sync"]["sync_score"], rows[TEACHER]["sync_score"]
+        out["sync_vs_teacher_ddim_20"] = {
+            "sync": s["mean"], "sync_seed_spread": s["seed_spread"], "sync_std": s["std"],
+            "teacher": t["mean"], "teacher_draw_std": t["std"], "difference": s["mean"] - t["mean"],
+            "passes_teacher": s["mean"] - s["std"] > t["mean"] + t["std"],
+        }  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/bench_losses"))
+    p.add_argument("--json", type=Path, default=None, help="also write the report here (docs/bench_losses.json)")
+    p.add_argument("--steps", type=int, default=60, help="training steps of every arm")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--arms", nargs="+", default=list(ARMS))
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time")
+    p.add_argument("--train-args", nargs="*", default=[], help="extra key=value overrides of every arm")
+    p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--clips", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=1.6)
+    p.add_argument("--heldout-seed", type=int, default=1000)
+    p.add_argument("--syncnet", default="assets/syncnet_toy_measure/syncnet.yaml")
+    p.add_argument("--boundary-width", type=float, default=4.0)
+    p.add_argument("--cost-repeats", type=int, default=3)
+    p.add_argument("--no-cost", action="store_true")
+    p.add_argument("--cost-only", action="store_true")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+    cost_file = args.out / "cost.json"
+    if not args.no_cost and not cost_file.is_file():
+        cost_file.write_text(json.dumps(measure_cost(args.out, args.cost_repeats), indent=1))
+    if cost_file.is_file():
+        report["_cost"] = json.loads(cost_file.read_text())
+    if args.cost_only:
+        print(json.dumps(report["_cost"]["seconds_per_step"], indent=1))
+        return 0
+
+    import student as student_pkg
+    from teacher.loading import freeze
+
+    exports = train_all(args.arms, args.seeds, args.steps, args.out, args.jobs, args.train_args)
+    students = {f"{a}_s{s}": freeze(student_pkg.load(path)) for (a, s), path in exports.items()}
+    draws, setup = evaluate_draws(students, args)
+    report |= summarize(draws, args.seeds)
+    report["_verdict"] = verdict(report)
+    report["_ground_truth"] = {m: float(np.mean([d["_ground_truth"][m] for d in draws]))
+                               for m in draws[0]["_ground_truth"]}  # fmt: skip
+    report["_per_draw"] = draws
+    train_s = {k: float((args.out / f"{a}_s{s}" / "train_seconds.txt").read_text())
+               for (a, s) in exports for k in [f"{a}_s{s}"] if (args.out / f"{a}_s{s}" / "train_seconds.txt").is_file()}
+    report["_setup"] = {
+        **setup, "steps": args.steps, "seeds": args.seeds, "draws": args.draws, "clips": args.clips,
+        "seconds": args.seconds, "student_steps": 1, "syncnet": args.syncnet, "boundary_width_px": args.boundary_width,
+        "train_seconds": train_s, "bench_seconds": time.time() - t0,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}",
+        "command": "python -m scripts.bench_losses " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }  # fmt: skip
+    text = json.dumps(report, indent=1)
+    (args.out / "bench_losses.json").write_text(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+    print(f"{'row':18s}" + "".join(f"{m:>24s}" for m in METRICS))
+    for row in (*ARMS, TEACHER):
+        if row in report:
+            cells = [f"{report[row][m]['mean']:.4f} ({report[row][m]['seed_spread']:.4f})" for m in METRICS]
+            print(f"{row:18s}" + "".join(f"{c:>24s}" for c in cells))
+    print(json.dumps(report["_verdict"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
