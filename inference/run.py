@@ -102,11 +102,13 @@ def lipsync_file(
     frames: np.ndarray | None = None,
     piece_seconds: float = 1.0,
     progress: bool = True,
+    face: dict | None = None,
 ) -> LipsyncReport:
     """Lip-sync ``video`` (prepared on the fly; or the uint8 ``frames`` [T, H, W, 3] at 25 fps) or a prepared
     ``avatar`` to the audio of ``audio_path`` (or the 16 kHz ``audio`` array; neither: ``video``'s own track,
     padded with silence to the video's end) with the exported student;
-    writes ``out_path`` (H.264 + AAC). InputError for unusable inputs (nothing is written then)."""
+    writes ``out_path`` (H.264 + AAC). ``face``: the aligner options of an avatar prepared on the fly
+    (``prepare_avatar``). InputError for unusable inputs (nothing is written then)."""
     from inference.avatar import AvatarError, load_avatar, prepare_avatar
 
     if sum(x is not None for x in (video, avatar, frames)) != 1:
@@ -126,7 +128,7 @@ def lipsync_file(
             av = load_avatar(avatar, bundle)
             return _run(bundle, av, audio, out_path, cfg, decoder, piece_seconds, progress)
         with tempfile.TemporaryDirectory(prefix="turbosync-avatar-") as tmp:
-            av = prepare_avatar(video if frames is None else frames, tmp, bundle, progress=progress)
+            av = prepare_avatar(video if frames is None else frames, tmp, bundle, progress=progress, face=face)
             return _run(bundle, av, audio, out_path, cfg, decoder, piece_seconds, progress)
     except AvatarError as err:
         raise InputError(str(err)) from None

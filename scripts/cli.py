@@ -99,7 +99,8 @@ def _lipsync(args: argparse.Namespace) -> int:
             return _lipsync_teacher(args)
         cfg = load_engine_config(args.preset, args.overrides, **_engine_options(args))
         report = lipsync_file(args.student, args.out, audio_path=args.audio, video=args.video,
-                              avatar=args.avatar, cfg=cfg, tiny_decoder=args.tiny_decoder)  # fmt: skip
+                              avatar=args.avatar, cfg=cfg, tiny_decoder=args.tiny_decoder,
+                              face=_face_options(args))  # fmt: skip
     except (InputError, *USER_ERRORS) as err:
         return _fail(err)
     print(report.summary())
@@ -120,14 +121,26 @@ def _lipsync_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_face_options(p: argparse.ArgumentParser) -> None:
+    """Which face, small faces, scene cuts: ``teacher.face.build_aligner``'s options for a prepared avatar."""
+    p.add_argument("--face", default="largest",
+                   help="which face when there are several: 'largest', an index from the left (0 = leftmost) or a "
+                        "box x1,y1,x2,y2 in px (the face overlapping it most)")  # fmt: skip
+    p.add_argument("--small-faces", action="store_true", help="find faces under LatentSync's 50 x 80 px minimum")
+    p.add_argument("--no-scene-cuts", action="store_true", help="never restart the face smoothing at scene cuts")
+
+
+def _face_options(args: argparse.Namespace) -> dict:
+    return {"choose": args.face, "small_faces": args.small_faces, "scene_cut": not args.no_scene_cuts}
+
+
 def _avatar_prepare(args: argparse.Namespace) -> int:
     from inference.avatar import AvatarError, prepare_avatar
     from inference.run import InputError, load_student
 
     try:
         bundle = load_student(args.student)
-        face = {"choose": args.face, "small_faces": args.small_faces, "scene_cut": not args.no_scene_cuts}
-        av = prepare_avatar(args.source, args.out_dir, bundle, seed=args.seed, face=face)
+        av = prepare_avatar(args.source, args.out_dir, bundle, seed=args.seed, face=_face_options(args))
     except (InputError, AvatarError, *USER_ERRORS) as err:
         return _fail(err)
     print(f"avatar: {av.num_frames} frames ({int(av.has_face.sum())} with a face) at {av.resolution} px -> {av.path}")
@@ -344,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, metavar="PRESET",
                    help="run this teacher preset (e.g. teacher/toy) with its official conditioning instead")
     _add_engine_options(p)
+    _add_face_options(p)
     p.add_argument("overrides", nargs="*", help="engine (or --teacher) config overrides key=value")
     p.set_defaults(func=_lipsync)
 
@@ -359,11 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="avatar folder to write")
     p.add_argument("--student", default=str(TOY_STUDENT), help="the student it is prepared for (resolution, VAE, mask)")
     p.add_argument("--seed", type=int, default=0, help="VAE posterior sampling")
-    p.add_argument("--face", default="largest",
-                   help="which face when there are several: 'largest', an index from the left (0 = leftmost) or a "
-                        "box x1,y1,x2,y2 in px (the face overlapping it most)")  # fmt: skip
-    p.add_argument("--small-faces", action="store_true", help="find faces under LatentSync's 50 x 80 px minimum")
-    p.add_argument("--no-scene-cuts", action="store_true", help="never restart the face smoothing at scene cuts")
+    _add_face_options(p)
     p.set_defaults(func=_avatar_prepare)
 
     p = sub.add_parser("bench", help="benchmarks")
