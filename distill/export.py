@@ -1,10 +1,10 @@
 """``turbosync export RUN_DIR OUT_DIR``: a run's distilled student as a plain model.
 
 Writes a self-contained folder (``student.io`` format): ``model.safetensors`` (the EMA target's
-weights for full fine-tuning, the student with LoRA merged for LoRA; training state is dropped),
-``config.json`` (architecture, the denoiser settings the run distilled with, the inference settings:
-face resolution, frames per chunk, default steps, w) and copies of the teacher's VAE, Whisper and
-mask files, so the folder alone runs the student (``student.load``, ``student.load_bundle``) without
+weights for full fine-tuning, the student with LoRA merged for LoRA; training state is dropped: optimizers, RNG, the
+adversarial losses' discriminators), ``config.json`` (architecture, the denoiser settings the run distilled
+with, the inference settings: face resolution, frames per chunk, default steps, w) and copies of the teacher's
+VAE, Whisper and mask files, so the folder alone runs the student (``student.load``, ``student.load_bundle``) without
 accelerate, DeepSpeed, peft or the run. The architecture is rebuilt from ``RUN_DIR/config.yaml``
 (teacher U-Net + student settings), then the checkpoint's weights are loaded into it.
 Optional ``--onnx``: one U-Net step (sample, t, audio, w) -> eps as ``OUT_DIR/student.onnx``.
