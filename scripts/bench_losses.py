@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--syncnet", default="assets/syncnet_toy_measure/syncnet.yaml")
     p.add_argument("--boundary-width", type=float, default=4.0)
     p.add_argument("--cost-repeats", type=int, default=3)
-    p.add_argument("--no-cost", action="store_true")
+    p.add_argument("--no-cost", action="store_true", help="do not measure the cost (OUT/cost.json is still reported)")
     p.add_argument("--cost-only", action="store_true")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -247,10 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     cost_file = args.out / "cost.json"
     if not args.no_cost and not cost_file.is_file():
         cost_file.write_text(json.dumps(measure_cost(args.out, args.cost_repeats), indent=1))
-    if cost_file.is_file():
-        report["_cost"] = json.loads(cost_file.read_text())
     if args.cost_only:
-        print(json.dumps(report["_cost"]["seconds_per_step"], indent=1))
+        print(json.dumps(json.loads(cost_file.read_text())["seconds_per_step"], indent=1))
         return 0
 
     import student as student_pkg
@@ -260,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     students = {f"{a}_s{s}": freeze(student_pkg.load(path)) for (a, s), path in exports.items()}
     draws, setup = evaluate_draws(students, args)
     report |= summarize(draws, args.seeds)
+    if cost_file.is_file():  # read at the end: a --cost-only run beside the training may have written it
+        report["_cost"] = json.loads(cost_file.read_text())
     report["_verdict"] = verdict(report)
     report["_ground_truth"] = {m: float(np.mean([d["_ground_truth"][m] for d in draws]))
                                for m in draws[0]["_ground_truth"]}  # fmt: skip
