@@ -93,7 +93,8 @@ def videomae_v2_config(
         intermediate_size=int(state_dict["blocks.0.mlp.fc1.weight"].shape[0]),
         hidden_act="gelu",
         layer_norm_eps=1e-6,
-        qv_bias="blocks.0.attn.q_bias" in state_dict,
+        qv_bias="blocks.0.attn.q_bias" in state_dict,  # transformers >= 5
+        qkv_bias="blocks.0.attn.q_bias" in state_dict,  # transformers 4.x: the same switch
         use_mean_pooling="fc_norm.weight" in state_dict,
     )
 
@@ -131,6 +132,18 @@ def convert_videomae_v2(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict
     if unknown:
         raise ValueError(f"official VideoMAE-v2 keys with no place in transformers' VideoMAE: {unknown[:6]}")
     return encoder, fc_norm, dropped
+
+
+def installed_bias_names(encoder: dict[str, torch.Tensor], expected) -> dict[str, torch.Tensor]:
+    """The query / value biases under the installed transformers' names: ``attention.attention.query.bias``
+    (>= 5) or ``attention.attention.q_bias`` / ``v_bias`` (4.x keeps them as separate parameters)."""
+    out = {}
+    for key, value in encoder.items():
+        for new, old in ((".q_bias", ".query.bias"), (".v_bias", ".value.bias")):
+            if key.endswith(old) and key not in expected and key.removesuffix(old) + new in expected:
+                key = key.removesuffix(old) + new
+        out[key] = value
+    return out
 
 
 def interpolate_positions(
@@ -183,6 +196,7 @@ def load_videomae_v2(
     with torch.device("meta"):  # no random init of ~1 B parameters: every weight comes from the file
         model = VideoMAEModel(config)
     expected = model.state_dict()
+    encoder_sd = installed_bias_names(encoder_sd, expected)
     missing = sorted(set(expected) - set(encoder_sd))
     if missing:
         raise ValueError(f"checkpoint {path} lacks weights for {missing[:4]} ({len(missing)} missing)")

@@ -130,6 +130,18 @@ def test_official_key_map_is_complete_and_strict():
         convert_videomae_v2({**sd, "blocks.0.gamma_1": torch.ones(D)})
 
 
+def test_bias_names_follow_the_installed_transformers():
+    """transformers 4.x keeps VideoMAE's query / value biases as ``q_bias`` / ``v_bias`` parameters."""
+    from losses.videomae_v2 import installed_bias_names
+
+    a = "encoder.layer.0.attention.attention."
+    enc = {a + "query.bias": torch.ones(2), a + "value.bias": torch.zeros(2), a + "query.weight": torch.ones(2, 2)}
+    v4 = {a + "q_bias": None, a + "v_bias": None, a + "query.weight": None}
+    assert set(installed_bias_names(enc, v4)) == set(v4)
+    v5 = {a + "query.bias": None, a + "value.bias": None, a + "query.weight": None}
+    assert installed_bias_names(enc, v5) == enc
+
+
 def test_official_loader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=OFFICIAL_FILE):
         load_videomae_v2(tmp_path / "nope.pth")
