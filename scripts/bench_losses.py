@@ -133,7 +133,7 @@ def train_arm(arm: str, seed: int, steps: int, out: Path, extra: list[str]) -> P
 
 
 def train_all(arms, seeds, steps: int, out: Path, jobs: int, extra: list[str]) -> dict[tuple[str, int], Path]:
-    jobs_list = [(a, s) for s in seeds for a in arms]
+    jobs_list = [(a, s) for a in reversed(arms) for s in seeds]  # the costliest arm first: the lanes end together
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {key: pool.submit(train_arm, *key, steps, out, extra) for key in jobs_list}
         return {key: f.result() for key, f in futures.items()}
