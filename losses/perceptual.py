@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from losses.frames import frame_images
 
 if TYPE_CHECKING:  # lpips imports torchvision: imported on use
     import lpips
@@ -144,12 +145,7 @@ class LPIPSLoss:
         """``[B, 3, F, H, W]`` -> the images LPIPS sees, ``[B * F', 3, H', W']`` float32 (F' = ceil(F / stride))."""
         if frames.dim() != 5 or frames.shape[1] != 3:
             raise ValueError(f"frames must be [B, 3, F, H, W], got {tuple(frames.shape)}")
-        frames = frames[:, :, :: self.frame_stride]
-        b, c, f, h, w = frames.shape
-        x = frames.transpose(1, 2).reshape(b * f, c, h, w).float()  # (b f) c h w
-        if self.resolution is not None and (h, w) != (self.resolution, self.resolution):
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic")
-        return x[:, :, x.shape[2] // 2 :] if self.lower_half else x
+        return frame_images(frames[:, :, :: self.frame_stride].float(), self.resolution, self.lower_half)
 
     def __call__(self, x0_frames: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         if x0_frames.shape != frames.shape:

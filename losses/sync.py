@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from losses.frames import frame_images
+
 __all__ = ["SyncLoss", "sync_bce", "SyncScores", "offset_distances", "sync_scores", "VSHIFT"]
 
 VSHIFT = 15  # the original evaluation's +-15 frame search (syncnet_python --vshift default)
@@ -69,14 +71,9 @@ class SyncLoss:
 
     def images(self, frames: torch.Tensor) -> torch.Tensor:
         """``[B, 3, F, H, W]`` -> SyncNet's visual input ``[B, 3F, H', W']`` (frame-major channels)."""
-        if frames.dim() != 5 or frames.shape[1] != 3:
-            raise ValueError(f"frames must be [B, 3, F, H, W], got {tuple(frames.shape)}")
-        b, c, f, h, w = frames.shape
-        x = frames.transpose(1, 2).reshape(b * f, c, h, w)                      # (b f) c h w
-        if self.resolution is not None and (h, w) != (self.resolution, self.resolution):
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic")
-        x = x.reshape(b, f * c, *x.shape[-2:])                                   # b (f c) h w
-        return x[:, :, x.shape[2] // 2:] if self.lower_half else x
+        x = frame_images(frames, self.resolution, self.lower_half)  # (b f) c h' w'
+        b, c, f = frames.shape[:3]
+        return x.reshape(b, f * c, *x.shape[-2:])  # b (f c) h' w'
 
     def __call__(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         param = next(self.syncnet.parameters())
