@@ -12,9 +12,23 @@ faces of the same frames (``y = 1``) or the faces of another window ``w`` of the
     offset  int                    k (0 for in-sync pairs)
 
 Negatives take ``|k|`` in ``[min_offset, max_offset]`` (upstream: any other window, ``min_offset = 1``,
-``max_offset = None``). Offset correction (the paper's section 4, "data preprocessing"): a shard whose
-audio is ``o`` frames late is read with its audio moved back by ``o`` frames (``offsets``, estimated by
-``estimate_offsets`` with a trained SyncNet); shards under ``min_confidence`` are left out.
+``max_offset = None``).
+
+Grouped items (``group_size = G > 1``, more negatives for the same compute): item ``i`` is its window and
+``G - 1`` other windows of the same shard, each once as faces and once as mel; every cross pair is an
+off-sync pair of the same clip (what the held-out measure asks about), so one item gives ``G`` in-sync and
+up to ``G (G - 1)`` off-sync pairs for ``G`` face and ``G`` mel encodings:
+
+    images  float32 [G, 3F, R/2, R]   the windows' faces (window 0 = item i's)
+    mel     float32 [G, 1, 80, L]     the same windows' mels
+    y       float32 [G, G]            y[a, v] = 1 when mel a and faces v are the same window (the diagonal;
+                                      a short shard may repeat a window)
+    mask    bool    [G, G]            pairs to score: the diagonal and ``|start_a - start_v| >= min_offset``
+    offset  int64   [G]               window starts minus item i's
+
+Offset correction (the paper's section 4, "data preprocessing"): a shard whose audio is ``o`` frames late is
+read with its audio moved back by ``o`` frames (``offsets``, estimated by ``estimate_offsets`` with a trained
+SyncNet); shards under ``min_confidence`` are left out.
 
 Items are a pure function of ``(epoch, index, seed)``, so a resumed run sees the same pairs.
 """
@@ -81,6 +95,8 @@ class SyncPairDataset(Dataset):
         min_confidence: shards whose ``lse_c`` in ``offsets`` is lower are left out.
         cache: keep every shard's decoded faces in memory (the toy world: a few MB a shard); otherwise each item
             decodes its F frames (one reader per shard and worker). Mels are always kept (~1 KB a second).
+        group_size: 1 = pairs (LatentSync's sample); G > 1 = grouped items (module docstring). ``pair`` and
+            ``negative_start`` (the held-out pairs) do not depend on it.
 
     ``dataset[i]`` or ``dataset[(epoch, i)]`` -> dict (module docstring). Raises ValueError when no shard
     holds two windows the offsets allow.
@@ -89,8 +105,11 @@ class SyncPairDataset(Dataset):
     def __init__(self, root: str | Path, window: SyncWindow | Any = SyncWindow(), min_offset: int = 1,
                  max_offset: int | None = None, stride: int = 1, seed: int = 0,
                  offsets: dict | str | Path | bool | None = None, min_confidence: float | None = None,
-                 cache: bool = True):
+                 cache: bool = True, group_size: int = 1):
         self.root = Path(root)
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.group_size = int(group_size)
         self.window = window if isinstance(window, SyncWindow) else SyncWindow.from_mapping(window)
         if min_offset < 1 or (max_offset is not None and max_offset < min_offset):
             raise ValueError(f"need 1 <= min_offset <= max_offset, got {min_offset}, {max_offset}")
@@ -166,10 +185,33 @@ class SyncPairDataset(Dataset):
             ok = d == d[d >= 1].min()
         return int(rng.choice(starts[ok]))
 
+    def group_starts(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """Window ``i``'s start and ``G - 1`` other starts of its shard within ``max_offset`` of it (distinct
+        while the shard has enough, drawn with replacement otherwise; the nearest other window when none is in
+        range): ``[G]`` int64, the item's own first."""
+        k, s = self.index[i]
+        starts = self._valid_starts(self.shards[k].num_frames, self.shard_offsets[k])
+        d = np.abs(starts - s)
+        others = starts[(d >= 1) & (d <= (self.max_offset if self.max_offset is not None else np.inf))]
+        if not len(others):
+            others = starts[d == d[d >= 1].min()]
+        pick = rng.choice(others, self.group_size - 1, replace=len(others) < self.group_size - 1)
+        return np.concatenate([[s], pick]).astype(np.int64)
+
+    def group(self, k: int, starts: np.ndarray) -> dict:
+        """The grouped item of windows ``starts`` of shard ``k`` (module docstring)."""
+        items = [self.pair(k, int(s), int(s)) for s in starts]
+        st = torch.from_numpy(np.asarray(starts, np.int64))
+        d = (st[:, None] - st[None, :]).abs()
+        return {"images": torch.stack([it["images"] for it in items]), "mel": torch.stack([it["mel"] for it in items]),
+                "y": (d == 0).float(), "mask": (d == 0) | (d >= self.min_offset), "offset": st - st[0]}
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng([self.seed, int(epoch), int(i)])
         k, s = self.index[i]
+        if self.group_size > 1:
+            return self.group(k, self.group_starts(i, rng))
         positive = rng.random() < 0.5
         return self.pair(k, s, s if positive else self.negative_start(i, rng))
 

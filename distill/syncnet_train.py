@@ -46,23 +46,55 @@ BATCH_KEYS = ("images", "mel", "y")
 
 
 # =========================================================================== the step
-def syncnet_step(net: nn.Module, batch: dict[str, torch.Tensor], threshold: float = 0.5) -> dict[str, torch.Tensor]:
-    """One SyncNet training step's numbers: ``images [B, 3F, h, w]``, ``mel [B, 1, 80, L]``, ``y [B]``.
+def syncnet_step(net: nn.Module, batch: dict[str, torch.Tensor], threshold: float = 0.5,
+                 hard_negatives: int | None = None) -> dict[str, torch.Tensor]:
+    """One SyncNet training step's numbers.
 
-    ``loss`` = mean over the batch of ``losses.sync.sync_bce(v, a, y)`` (LatentSync's ``cosine_loss``);
-    ``accuracy`` = fraction of pairs with ``(cos(v, a) > threshold) == y``; ``cos_pos`` / ``cos_neg`` =
-    mean similarity of in-sync / off-sync pairs (NaN when the batch has none).
+    Pairs (``images [B, 3F, h, w]``, ``mel [B, 1, 80, L]``, ``y [B]``): ``loss`` = mean over the batch of
+    ``losses.sync.sync_bce(v, a, y)`` (LatentSync's ``cosine_loss``); ``accuracy`` = fraction of pairs with
+    ``(cos(v, a) > threshold) == y``.
+
+    Groups (``SyncPairDataset(group_size=G)``: ``images [B, G, 3F, h, w]``, ``mel [B, G, 1, 80, L]``,
+    ``y [B, G, G]``, ``mask [B, G, G]``): each of the ``B G`` windows is encoded once and every pair (mel a,
+    faces v) of a group that ``mask`` keeps is scored with ``sync_bce``; the in-sync and the off-sync pairs
+    weigh 1/2 each (``loss = (mean BCE of in-sync + mean BCE of off-sync) / 2``, the balance of the pair
+    recipe and of the held-out measure), and ``accuracy`` is the mean of the two classes' accuracies.
+    ``hard_negatives = k`` (groups only; online hard-negative mining) keeps in the loss only the ``k`` off-sync
+    pairs of highest cos(v, a) of each mel window (all when it has fewer); the numbers still count every pair.
+
+    Both: ``cos_pos`` / ``cos_neg`` = mean similarity of in-sync / off-sync pairs (NaN when the batch has none).
     """
-    v, a = net(batch["images"], batch["mel"])
-    y = batch["y"].float()
-    loss = sync_bce(v, a, y)
+    images, mel = batch["images"], batch["mel"]
+    grouped = batch["y"].dim() == 3
+    if grouped:
+        b, g = images.shape[:2]
+        v, a = net(images.flatten(0, 1), mel.flatten(0, 1))
+        ib, ia, iv = torch.nonzero(batch["mask"], as_tuple=True)          # kept pairs: group, mel, faces
+        y = batch["y"][ib, ia, iv].float()
+        v, a = v[ib * g + iv], a[ib * g + ia]
+    else:
+        v, a = net(images, mel)
+        y = batch["y"].float()
+    bce = sync_bce(v, a, y)
+    pos, neg = y > 0.5, y <= 0.5
     with torch.no_grad():
         s = torch.nn.functional.cosine_similarity(v.float(), a.float(), dim=1)
-        pos, neg = y > 0.5, y <= 0.5
-        out = {"accuracy": ((s > threshold) == pos).float().mean(),
-               "cos_pos": s[pos].mean() if pos.any() else s.new_tensor(float("nan")),
-               "cos_neg": s[neg].mean() if neg.any() else s.new_tensor(float("nan"))}
-    return {"loss": loss.mean(), **out}
+        right = ((s > threshold) == pos).float()
+        nan = s.new_tensor(float("nan"))
+        out = {"cos_pos": s[pos].mean() if pos.any() else nan, "cos_neg": s[neg].mean() if neg.any() else nan}
+    if not grouped:
+        return {"loss": bce.mean(), "accuracy": right.mean(), **out}
+    zero = bce.new_zeros(())
+    hard = neg
+    if hard_negatives is not None:  # the k most similar off-sync pairs of each (group, mel) row
+        rows = ib * g + ia
+        score = torch.full((b * g, g), -torch.inf, device=s.device)
+        score[rows[neg], iv[neg]] = s[neg]
+        kth = score.topk(min(int(hard_negatives), g), dim=1).values[:, -1]      # [B G] the k-th largest
+        hard = neg & (s >= kth[rows])
+    loss = 0.5 * ((bce[pos].mean() if pos.any() else zero) + (bce[hard].mean() if hard.any() else zero))
+    acc = 0.5 * ((right[pos].mean() if pos.any() else nan) + (right[neg].mean() if neg.any() else nan))
+    return {"loss": loss, "accuracy": acc, **out}
 
 
 @torch.no_grad()
@@ -219,7 +251,7 @@ def _batches(run: SyncRun):
                                          persistent_workers=workers > 0)
     for batch in loader:
         run.state.epoch, run.state.index = order.advance(run.state.epoch, run.state.index)
-        yield {k: batch[k].to(run.acc.device) for k in BATCH_KEYS}
+        yield {k: batch[k].to(run.acc.device) for k in (*BATCH_KEYS, "mask") if k in batch}
 
 
 def train_step(run: SyncRun) -> tuple[dict[str, float], str]:
@@ -231,7 +263,7 @@ def train_step(run: SyncRun) -> tuple[dict[str, float], str]:
         batch = next(run.batches)
         with acc.accumulate(run.net):
             with acc.autocast():
-                out = syncnet_step(run.net, batch)
+                out = syncnet_step(run.net, batch, hard_negatives=(run.cfg.get("loss") or {}).get("hard_negatives"))
             finite = finite and bool(torch.isfinite(out["loss"]))
             acc.backward(out["loss"])
             for k, v in out.items():
@@ -268,8 +300,8 @@ def train_syncnet(cfg: DictConfig) -> SyncRun:
             logs, status = train_step(run)
             run.state.step += 1
             _count_nonfinite(run, status)  # raises NonFiniteLossError after run.max_consecutive_nonfinite in a row
-            logs["pairs_per_s"] = int(cfg.data.batch_size) * int(r.grad_accum) * run.acc.num_processes / (
-                time.perf_counter() - t0)
+            logs["pairs_per_s"] = int(cfg.data.batch_size) * int(r.grad_accum) * run.acc.num_processes * int(
+                run.dataset.group_size) / (time.perf_counter() - t0)   # windows encoded a second
             _record(run, "losses.jsonl", {**logs, "status": status}, "train")
             step = run.state.step
             if r.get("eval_every") and step % int(r.eval_every) == 0 and step != int(r.max_steps):

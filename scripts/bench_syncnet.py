@@ -6,7 +6,11 @@
 1. Accuracy: each net (a folder with ``syncnet.pt`` + ``syncnet.yaml``, as ``turbosync train-syncnet`` writes
    them) on fixed balanced pairs of the held-out data (``distill.syncnet_data.heldout_pairs``: every window once
    in sync and once against the faces of another window of the same clip, ``|offset| >= 1``), threshold 0.5 on
-   cos(v, a); also split by the negatives' ``|offset|``.
+   cos(v, a); also split by the negatives' ``|offset|`` and, where the shards carry the synthetic world's ground
+   truth (``meta.json`` ``ground_truth``), by how different the true mouth tracks of the two windows are
+   (``truth_difference``: max over the F frames of |open_a - open_v| and |width_a - width_v|, 0..1). An off-sync
+   pair whose two tracks are (nearly) equal cannot be told from an in-sync one by any network: ``ceiling`` is the
+   accuracy left when every negative under ``AMBIGUOUS`` is counted wrong.
 2. Shift recovery: for the first ``--shift-clips`` held-out source videos and every shift d, the clip's own audio
    moved d frames later (d < 0: earlier; silence fills) is written to a wav and ``turbosync eval sync VIDEO
    --audio WAV --config NET/syncnet.yaml`` (``inference.eval_sync.eval_sync``: the face path, +-15 frames) must
@@ -27,6 +31,25 @@ import numpy as np
 import torch
 
 SAMPLES_PER_FRAME = 640
+AMBIGUOUS = 0.05          # truth_difference under which two 8-frame mouth tracks count as the same
+TRUTH_BINS = ((0.0, AMBIGUOUS), (AMBIGUOUS, 0.2), (0.2, 0.4), (0.4, 0.7), (0.7, 1.01))
+
+
+def truth_difference(data, pairs: list[tuple[int, int, int]]) -> np.ndarray | None:
+    """``[N]`` max over the window of |open_a - open_v| and |width_a - width_v| (the true mouth tracks of the
+    mel window's frames and of the faces' frames; 0 for in-sync pairs), or None without ground truth."""
+    f = data.window.num_frames
+    tracks = []
+    for sh in data.shards:
+        gt = sh.meta.get("ground_truth") or {}
+        if "mouth_open" not in gt or "mouth_width" not in gt:
+            return None
+        tracks.append(np.stack([np.asarray(gt["mouth_open"], np.float32), np.asarray(gt["mouth_width"], np.float32)]))
+    out = np.empty(len(pairs), np.float32)
+    for n, (k, s, v) in enumerate(pairs):
+        tr = tracks[k]
+        out[n] = np.abs(tr[:, s:s + f] - tr[:, v:v + f]).max()
+    return out
 
 
 def shifted_audio(audio: np.ndarray, d: int) -> np.ndarray:
@@ -57,6 +80,19 @@ def accuracy(net_dir: Path, heldout: Path, max_windows: int | None) -> dict:
             right = (sims[sub] > 0.5) == (ys[sub] > 0.5)
             res["by_offset"][f"{lo}-{hi if hi < 10**6 else 'max'}"] = {"accuracy": float(right.float().mean()),
                                                                       "pairs": int(sub.sum())}
+    diff = truth_difference(data, pairs)
+    if diff is not None:
+        neg = ys.numpy() < 0.5
+        wrong = (sims.numpy() > 0.5) != (ys.numpy() > 0.5)
+        bins = {}
+        for lo, hi in TRUTH_BINS:
+            sub = neg & (diff >= lo) & (diff < hi)
+            bins[f"{lo}-{min(hi, 1.0)}"] = {"accuracy": float(1 - wrong[sub].mean()) if sub.any() else None,
+                                            "pairs": int(sub.sum())}
+        ambiguous = int((neg & (diff < AMBIGUOUS)).sum())
+        res["by_truth_difference"] = bins
+        res["ambiguous_negatives"] = ambiguous
+        res["ceiling"] = 1.0 - ambiguous / len(pairs)
     res.update(clips=len(data.shards), windows=len(pairs) // 2, seconds=time.perf_counter() - t0)
     return res
 

@@ -107,6 +107,55 @@ def test_pairs_follow_the_rule(world):
         SyncPairDataset(world, WINDOW, min_offset=0)
 
 
+def test_grouped_items_pair_every_window_with_every_other(world):
+    ds = SyncPairDataset(world, WINDOW, min_offset=2, seed=3, group_size=5)
+    item = ds[(0, 7)]
+    k, s = ds.index[7]
+    assert item["images"].shape == (5, 12, 16, 32) and item["mel"].shape == (5, 1, 80, 13)
+    starts = s + item["offset"].numpy()
+    assert starts[0] == s and len(set(starts.tolist())) == 5
+    for j, st_j in enumerate(starts):  # window j's faces and mel are the pair rule's in-sync pair of its start
+        ref = ds.pair(k, int(st_j), int(st_j))
+        assert torch.equal(item["images"][j], ref["images"]) and torch.equal(item["mel"][j], ref["mel"])
+    d = np.abs(starts[:, None] - starts[None, :])
+    assert torch.equal(item["y"], torch.eye(5)) and torch.equal(item["mask"], torch.from_numpy((d == 0) | (d >= 2)))
+    assert not torch.equal(ds[(1, 7)]["offset"], item["offset"])  # epochs draw anew
+    assert torch.equal(ds[(0, 7)]["offset"], item["offset"])
+    short = SyncPairDataset(world, WINDOW, max_offset=1, seed=3, group_size=4)[(0, 0)]  # 1 window in range
+    assert torch.equal(short["y"], (short["offset"][:, None] == short["offset"][None, :]).float())
+    with pytest.raises(ValueError, match="group_size"):
+        SyncPairDataset(world, WINDOW, group_size=0)
+
+
+def test_grouped_step_weighs_in_sync_and_off_sync_pairs_half_each():
+    g = 3
+    emb = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.2], [0.3, 1.0], [1.0, 0.5]]), dim=1)
+
+    class Fixed(nn.Module):  # window j of the [2 * 3] batch: faces emb[j], mel emb[5 - j]
+        def forward(self, images, mel):
+            assert images.shape[0] == mel.shape[0] == 2 * g
+            return emb, emb.flip(0)
+
+    mask = torch.ones(2, g, g, dtype=torch.bool)
+    mask[1, 0, 2] = False                                                       # a pair too near to score
+    out = st.syncnet_step(Fixed(), {"images": torch.zeros(2, g, 1, 1, 1), "mel": torch.zeros(2, g, 1, 1, 1),
+                                    "y": torch.eye(g).expand(2, g, g), "mask": mask})
+    v, a = emb.reshape(2, g, 2), emb.flip(0).reshape(2, g, 2)
+    s = torch.einsum("bad,bvd->bav", a, v).clamp(0, 1)                          # s[b, mel a, faces v]
+    eye = torch.eye(g, dtype=torch.bool).expand(2, g, g)
+    pos, neg = s[eye], s[~eye & mask]
+    want = 0.5 * (-torch.log(pos).mean() - torch.log(1 - neg).mean())
+    torch.testing.assert_close(out["loss"], want)
+    acc = 0.5 * ((pos > 0.5).float().mean() + (neg <= 0.5).float().mean())
+    torch.testing.assert_close(out["accuracy"], acc)
+    torch.testing.assert_close(out["cos_neg"], neg.mean())
+    hard = st.syncnet_step(Fixed(), {"images": torch.zeros(2, g, 1, 1, 1), "mel": torch.zeros(2, g, 1, 1, 1),
+                                     "y": torch.eye(g).expand(2, g, g), "mask": mask}, hard_negatives=1)
+    top = s.masked_fill(eye | ~mask, -1.0).amax(2).flatten()                    # each mel row's hardest negative
+    torch.testing.assert_close(hard["loss"], 0.5 * (-torch.log(pos).mean() - torch.log(1 - top).mean()))
+    torch.testing.assert_close(hard["accuracy"], acc)                          # the numbers count every pair
+
+
 @pytest.mark.parametrize("delay", [3, -5])
 def test_estimate_offsets_finds_a_known_delay(tmp_path, delay):
     """The oracle network finds the audio delay of each shard; the sign is the frames the audio is late."""

@@ -9,7 +9,7 @@ import torch
 
 from distill.benchmark import Window, lse_metrics, shuffle_audio, teacher_method
 from distill.syncnet_data import SyncWindow
-from scripts.bench_syncnet import shifted_audio
+from scripts.bench_syncnet import shifted_audio, truth_difference
 from tests.distill.test_syncnet_train import SPF, OracleSyncNet, _loudness
 
 F_WIN = 8  # benchmark windows of 8 frames; the SyncNet reads 4
@@ -64,3 +64,15 @@ def test_shifted_audio_moves_whole_frames():
     assert np.all(late[:2 * SPF] == 0) and np.array_equal(late[2 * SPF:], a[:3 * SPF])
     assert np.array_equal(early[:3 * SPF], a[2 * SPF:]) and np.all(early[3 * SPF:] == 0)
     assert np.all(shifted_audio(a, 9) == 0)
+
+
+def test_truth_difference_is_the_largest_gap_between_the_two_windows_true_mouth_tracks():
+    from types import SimpleNamespace
+
+    opened = [0.0, 0.0, 0.5, 0.9, 0.9, 0.2, 0.0, 0.0]
+    width = [0.45, 0.45, 0.6, 0.6, 0.7, 0.5, 0.45, 0.45]
+    shard = SimpleNamespace(meta={"ground_truth": {"mouth_open": opened, "mouth_width": width}})
+    data = SimpleNamespace(window=SyncWindow(2, 16), shards=[shard])
+    d = truth_difference(data, [(0, 0, 0), (0, 0, 6), (0, 2, 3), (0, 1, 4)])
+    np.testing.assert_allclose(d, [0.0, 0.0, 0.4, 0.9], atol=1e-6)  # silence vs silence: the same tracks
+    assert truth_difference(SimpleNamespace(window=data.window, shards=[SimpleNamespace(meta={})]), [(0, 0, 1)]) is None
