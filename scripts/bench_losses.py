@@ -7,8 +7,10 @@
 1. Cost: one process builds the ``distill/losses_all`` run (``distill.recipe.setup``: teacher, student from
    ``assets/toy_student``, data, every loss) and times one training step's forward + backward (the
    discriminator's backward included, no optimizer step, final weights) on the same batch and the same draws
-   for: plain (no added term), plain + each added term alone, and all of them; ``--cost-repeats`` rounds
-   interleaved, the fastest of each kept (the dev CPU is shared), cost of a term = its row minus plain.
+   for: plain (no added term), plain + each added term alone, all of them, and plain + the latent-space
+   discriminator (``LATENT_ADV``, in no arm); ``--cost-repeats`` rounds interleaved, the least CPU time of each
+   kept (the dev CPU is shared: CPU time of this one-thread process, wall time beside it), cost of a term = its
+   row minus plain.
 2. Train: every arm (``configs/distill/losses_{plain,sync,sync_adv,all}.yaml``: the same continuation of the
    committed toy student, the same data, steps and optimizer; only the auxiliary terms differ) from each
    ``--seeds`` seed (``run.seed``: the data order, the step's draws, the discriminator's init), ``--jobs`` runs
@@ -45,18 +47,18 @@ ARMS = ("plain", "sync", "sync_adv", "all")
 TEACHER = "teacher_ddim_20"
 METRICS = ("sync_score", "lse_c", "lse_d", "sharpness", "mse_to_ground_truth", "boundary")
 TERMS = ("sync", "adv", "lpips", "trepa")  # the added terms, in the order the arms add them
+# the latent-space discriminator (heads on the frozen teacher's down-block 1, 2 and mid features): cost only
+LATENT_ADV = {"loss": {"_target_": "losses.adversarial.LatentAdversarial", "channels": [64, 64, 64], "hidden": 64},
+              "inputs": {"x0": "x0"}, "real": "latents", "features": {"blocks": [1, 2], "mid": True}}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- 1. cost
-def _time_step(run, batch, losses, generator_seed: int) -> tuple[float, float]:
+def _time_step(run, batch, losses, cfg: dict, generator_seed: int) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one step's forward + backward (+ the discriminator's backward) with
     ``losses``. CPU time of this process (one torch thread) is the cost measure: on a shared machine the wall time
     also counts the other jobs' turns."""
-    from omegaconf import OmegaConf
-
     from distill.step import distill_step
 
-    cfg = OmegaConf.to_container(run.cfg.distill, resolve=True)
     t0, c0 = time.perf_counter(), time.process_time()
     out = distill_step(run.student, run.target, run.teacher, batch, cfg, losses,
                        generator=torch.Generator().manual_seed(generator_seed), alphas_cumprod=run.acp,
@@ -73,9 +75,11 @@ def _time_step(run, batch, losses, generator_seed: int) -> tuple[float, float]:
 
 def measure_cost(out: Path, repeats: int) -> dict:
     """Training cost per step of each added term on this machine (see the module docstring)."""
+    from omegaconf import OmegaConf
+
     import configs
     from distill import recipe
-    from distill.step import StepLosses
+    from distill.step import StepLosses, build_losses
 
     cfg = configs.load("distill/losses_all", [f"run.output_dir={out / 'cost_run'}", "run.resume=null"])
     if (out / "cost_run").exists():
@@ -89,17 +93,21 @@ def measure_cost(out: Path, repeats: int) -> dict:
     for term in TERMS:
         variants[f"+{term}"] = StepLosses(full.consistency, {"recon": full.aux["recon"], term: full.aux[term]})
     variants["all"] = full
-    _time_step(run, batch, full, 0)  # warm-up (allocations, lazy inits)
+    latent = build_losses({"aux": {"adv_latent": LATENT_ADV}}, feature_unet=run.teacher).aux["adv_latent"]
+    variants["+adv_latent"] = StepLosses(full.consistency, {"recon": full.aux["recon"], "adv_latent": latent})
+    dcfg = OmegaConf.to_container(run.cfg.distill, resolve=True)
+    dcfg["weights"]["adv_latent"] = 0.1
+    _time_step(run, batch, full, dcfg, 0)  # warm-up (allocations, lazy inits)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, losses in variants.items():
-            times[name].append(_time_step(run, batch, losses, 0))
+            times[name].append(_time_step(run, batch, losses, dcfg, 0))
     best = {k: min(c for c, _ in v) for k, v in times.items()}
     if run.writer is not None:
         run.writer.close()
     return {
         "cpu_seconds_per_step": best,
-        "term_cpu_seconds": {t: best[f"+{t}"] - best["plain"] for t in TERMS},
+        "term_cpu_seconds": {t: best[f"+{t}"] - best["plain"] for t in (*TERMS, "adv_latent")},
         "all_over_plain": best["all"] / best["plain"],
         "cpu_and_wall_seconds": times,
         "what": "CPU time (1 torch thread) of one step's forward + backward (batch 4 x 8 frames, 128 px; pixel terms "
