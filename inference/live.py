@@ -43,7 +43,7 @@ LOOKAHEAD_SECONDS = 0.12  # Whisper's 120 ms of future audio per frame (DESIGN s
 AUDIO_MAGIC, FRAME_MAGIC = b"TSA1", b"TSF1"
 AUDIO_HEADER = struct.Struct("<4sI")  # magic, sequence number; then int16 little-endian PCM at 16 kHz
 FRAME_HEADER = struct.Struct("<4sIBBHd")  # magic, frame index, level, flags, audio samples, server send time (s)
-LEVEL_CODES = {"full": 0, "one_step": 1, "tiny_decoder": 2, "pass_through": 3, "late": 4}
+LEVEL_CODES = {"full": 0, "one_step": 1, "tiny_decoder": 2, "pass_through": 3, "late": 4, "idle": 5}
 MAX_AUDIO_PACKET = 16000  # samples in one client packet (1 s); larger packets are refused
 
 

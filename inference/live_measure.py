@@ -7,7 +7,8 @@ measurements follow:
 
 * ``timing_offset``: shown - heard per frame, from the page's own clocks (ms).
 * ``content_offset``: from content alone. The played audio is located against the reference clip by
-  cross-correlation (``locate``: the heard time of the clip's first sample), the mouth opening of each
+  cross-correlation (``locate``: the heard time of the clip's first sample; ``locate_pieces``: the same
+  per 2 s piece, as a page restart moves the clip), the mouth opening of each
   shown frame is read from its pixels (``distill.synthworld.measure.measure_mouth``), and the offset is
   the shift of the clip's true mouth track (``frame_truth``, the world where the sound fixes the mouth)
   that best matches them: delta with shown(frame) = heard(its audio) + delta. Positive: lips late.
@@ -85,16 +86,50 @@ def heard_signal(blocks: list[dict]) -> tuple[float, np.ndarray]:
 def locate(blocks: list[dict], reference: np.ndarray) -> tuple[float, float]:
     """Heard time (perf ms) of the reference's sample 0, and the peak normalised correlation (0..1), by FFT
     cross-correlation of the played audio with the reference (which may loop: the nearest copy counts)."""
+    p0, heard = heard_signal(blocks)
+    lag, peak = _lag(heard, reference)
+    return p0 - lag * 1000 / RATE, peak
+
+
+def _lag(heard: np.ndarray, reference: np.ndarray) -> tuple[int, float]:
+    """(lag, peak normalised correlation) with heard[j] ~ reference[j + lag], by FFT cross-correlation."""
     from scipy.signal import fftconvolve
 
-    p0, heard = heard_signal(blocks)
     corr = fftconvolve(reference, heard[::-1], mode="full")  # corr[k] = sum ref[k - (n - 1) + j] heard[j]
     k = int(np.argmax(corr))
-    lag = k - (len(heard) - 1)  # heard[j] ~ reference[j + lag]
+    lag = k - (len(heard) - 1)
     seg = reference[max(0, lag) : lag + len(heard)]
     h = heard[max(0, -lag) : max(0, -lag) + len(seg)]
-    peak = float(corr[k] / (np.linalg.norm(seg) * np.linalg.norm(h) + 1e-9))
-    return p0 - lag * 1000 / RATE, peak
+    return lag, float(corr[k] / (np.linalg.norm(seg) * np.linalg.norm(h) + 1e-9))
+
+
+Piece = tuple[float, float, float, float]  # perf ms of a piece's first and last sample, clip start heard, corr
+
+
+def locate_pieces(blocks: list[dict], reference: np.ndarray, seconds: float = 2.0, min_rms: float = 0.01,
+                  near_ms: float | None = None, span_s: float = 10.0) -> list[Piece]:  # fmt: skip
+    """``locate`` per ``seconds``-long piece of the played audio with speech in it (RMS >= ``min_rms``):
+    [(perf ms of the piece's first and last sample, heard time of the reference's sample 0, correlation)].
+    A page that restarts its timeline, or an input clock that pads or trims, moves the clip between pieces.
+    ``near_ms``: a first estimate of the clip's start (``locate``); each piece is then searched within
+    ``span_s`` seconds of it (a long reference is slow to search whole)."""
+    p0, heard = heard_signal(blocks)
+    n = int(seconds * RATE)
+    out = []
+    for s0 in range(0, len(heard) - n // 2, n):
+        piece = heard[s0 : s0 + n]
+        if np.sqrt(np.mean(piece**2)) < min_rms:
+            continue
+        lo = 0
+        ref = reference
+        if near_ms is not None:  # reference sample heard at perf p: (p - near_ms) * RATE / 1000
+            at = int((p0 + s0 * 1000 / RATE - near_ms) * RATE / 1000)
+            lo = min(max(0, at - int(span_s * RATE)), max(0, len(reference) - len(piece)))
+            ref = reference[lo : max(lo + len(piece), at + len(piece) + int(span_s * RATE))]
+        lag, peak = _lag(piece, ref)
+        start = p0 + (s0 - lag - lo) * 1000 / RATE
+        out.append((p0 + s0 * 1000 / RATE, p0 + (s0 + len(piece)) * 1000 / RATE, start, peak))
+    return out
 
 
 def content_offset(shown_ms: np.ndarray, mouth: np.ndarray, ref_start_ms: float, truth: np.ndarray,

@@ -15,7 +15,10 @@ Nothing a client sends names a file or a model: the student, the avatar and the 
 the server starts. A malformed message (random bytes, a bad hello, audio that is not 16 kHz 16-bit PCM or
 arrives faster than real time), one over ``max_message`` bytes, or a client that leaves, ends that session
 only, with a close code and a reason; the engine process goes back to the pool. The server binds
-127.0.0.1 unless told otherwise. Pacing and A/V alignment: ``inference.live``.
+127.0.0.1 unless told otherwise. Pacing and A/V alignment: ``inference.live``. A frame's level says who
+made it: the engine (full, one_step, tiny_decoder), or the avatar's own frame (pass_through: the engine's
+cheapest level; late: the engine's frame missed its time; idle: a silence on a machine that fell behind,
+``Session._idles``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ from inference.run import SAMPLE_RATE, InputError
 STATIC = Path(__file__).resolve().parent / "static"
 TICK = 0.01  # pacing loop period (s)
 RESYNC_FRAMES = 50  # an engine this many frames behind the output clock restarts at the live position
+SILENCE_RMS = 0.01  # a frame whose 40 ms of audio is below this RMS (-40 dBFS) is silent
+IDLE_MARGIN = 3  # frames of audio either side of a frame that must be silent too (the audio window + onset)
+AVATAR_LEVELS = ("tiny_decoder", "pass_through", "late")  # a frame at these levels starts idling in silence
 
 
 @dataclass
@@ -148,36 +154,36 @@ class Session:
         self.skip = 0  # fed samples the engine does not get (up to its restart point)
         self.resyncs = 0
         self.last_level = "full"
+        self.idle = False  # in a silence, showing the avatar's own frames until speech resumes
+        self.last_loud = -(1 << 30)  # the last sent frame with audio above SILENCE_RMS
         self.lateness: list[float] = []
         self.ended = asyncio.get_running_loop().create_future()
 
     # worker side ------------------------------------------------------------------------------------------
-    def on_worker(self) -> None:
-        try:
-            while self.worker.conn.poll():
-                msg = self.worker.conn.recv()
-                if msg[0] == "frames":
-                    _, first, level, jpegs, last = msg
-                    self.engine_frames += len(jpegs)
-                    for j, jpeg in enumerate(jpegs):
-                        if self.engine_base + first + j >= self.next_out:  # a frame that missed its time: dropped
-                            self.ready[self.engine_base + first + j] = (jpeg, level)
-                    self.engine_next = self.engine_base + first + len(jpegs)
-                    if jpegs:  # how long after its time the engine's last frame came (negative: in time)
-                        due = frame_due(self.t0, self.cfg.latency, self.engine_next - 1)
-                        self.lateness.append(time.perf_counter() - due)
-                    self.last_level = level if jpegs else self.last_level
-                    if last:  # the worker is idle again
-                        self.pending = False
-                        self._maybe_resync()
-                elif msg[0] == "ended":
-                    self.pending = False
-                    if not self.ended.done():
-                        self.ended.set_result(msg[1])
-        except (EOFError, OSError):
+    def on_worker(self, msg: tuple | None) -> None:
+        """One message of the worker (``Worker.listen``); None: the worker is gone."""
+        if msg is None:
             self.pending = False
             if not self.ended.done():
                 self.ended.set_exception(RuntimeError("engine worker died"))
+        elif msg[0] == "frames":
+            _, first, level, jpegs, last = msg
+            self.engine_frames += len(jpegs)
+            for j, jpeg in enumerate(jpegs):
+                if self.engine_base + first + j >= self.next_out:  # a frame that missed its time: dropped
+                    self.ready[self.engine_base + first + j] = (jpeg, level)
+            self.engine_next = self.engine_base + first + len(jpegs)
+            if jpegs:  # how long after its time the engine's last frame came (negative: in time)
+                due = frame_due(self.t0, self.cfg.latency, self.engine_next - 1)
+                self.lateness.append(time.perf_counter() - due)
+            self.last_level = level if jpegs else self.last_level
+            if last:  # the worker is idle again
+                self.pending = False
+                self._maybe_resync()
+        elif msg[0] == "ended":
+            self.pending = False
+            if not self.ended.done():
+                self.ended.set_result(msg[1])
 
     def _maybe_resync(self) -> None:
         """An engine that fell RESYNC_FRAMES behind (an overloaded machine) would stay behind for good:
@@ -224,6 +230,8 @@ class Session:
             if len(audio) < SAMPLES_PER_FRAME:
                 audio = np.pad(audio, (0, SAMPLES_PER_FRAME - len(audio)))
             jpeg, level = self.ready.pop(i, (None, "late"))
+            if self._idles(i, audio, level):
+                jpeg, level = None, "idle"
             if jpeg is None:
                 jpeg = self._passthrough(i)
             await self.ws.send_bytes(pack_frame(i, level, audio, jpeg, time.time()))
@@ -233,12 +241,31 @@ class Session:
             if drop > 0:
                 self.out_audio, self.out_base = self.out_audio[drop:], self.out_base + drop
 
+    def _idles(self, i: int, audio: np.ndarray, level: str) -> bool:
+        """Whether frame i (its 640 samples ``audio``) leaves as the avatar's own frame, level "idle".
+
+        Hysteresis against flicker: on a machine that cannot keep up, an engine falling behind alternates
+        frames it made in time (the student's silent mouth, 0.1 open for the toy student) with the avatar's
+        own frames (late, pass-through; closed) chunk by chunk, and the mouth flickers in a pause. So once a
+        frame in a silence comes at one of ``AVATAR_LEVELS``, the avatar's own frames stay until speech is
+        within ``IDLE_MARGIN`` frames; then the engine's frames lead again (the mouth moves there anyway).
+        An engine that keeps up never idles: its frames are what the stream shows."""
+        if _rms(audio).max() >= SILENCE_RMS:
+            self.last_loud = i
+        a0 = (i + 1) * SAMPLES_PER_FRAME - self.out_base  # the next frames' audio (fed: the input runs ahead)
+        ahead = self.out_audio[a0 : a0 + IDLE_MARGIN * SAMPLES_PER_FRAME]
+        if i - self.last_loud <= IDLE_MARGIN or (len(ahead) and _rms(ahead).max() >= SILENCE_RMS):
+            self.idle = False
+        elif level in AVATAR_LEVELS:
+            self.idle = True
+        return self.idle
+
     def _stats(self, now: float) -> dict:
         recent = [lv for t, lv in self.sent_log if t > now - 1.0]
         self.sent_log = [x for x in self.sent_log if x[0] > now - 1.0]
         levels = {lv: recent.count(lv) for lv in set(recent)}
         self.lateness, lateness = [], self.lateness
-        behind = any(lv != "full" for lv in recent)
+        behind = any(lv != "full" for lv in recent)  # idle frames too: they follow a fallback
         c = self.clock
         return {"type": "stats", "fps": len(recent), "levels": levels, "behind": behind,
                 "latency_ms": round(1000 * self.cfg.latency), "padded_s": round(c.padded / SAMPLE_RATE, 2),
@@ -279,6 +306,13 @@ class Session:
                 raise SessionClosed(getattr(msg.data, "code", 1002) or 1002, f"protocol error: {msg.data}"[:100])
             else:
                 break
+
+
+def _rms(audio: np.ndarray) -> np.ndarray:
+    """RMS of each 40 ms frame of ``audio`` [n] (a last partial frame included): [ceil(n / 640)]."""
+    n = -(-len(audio) // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME
+    x = np.pad(audio, (0, n - len(audio))).reshape(-1, SAMPLES_PER_FRAME)
+    return np.sqrt(np.mean(x**2, axis=1))
 
 
 def _median_ms(x: list[float]) -> float | None:
@@ -362,7 +396,7 @@ class LiveApp:
         if self.cfg.out is not None:
             out = str(self.cfg.out.with_name(f"{self.cfg.out.stem}-{sid}{self.cfg.out.suffix}"))
         session = Session(sid, ws, worker, self.cfg, self.avatar_frames)
-        loop.add_reader(worker.conn.fileno(), session.on_worker)
+        worker.listen(loop, session.on_worker)
         worker.conn.send(("start", out))
         await ws.send_str(json.dumps({"type": "ready", "session": sid, "fps": 25, "sample_rate": SAMPLE_RATE,
                                       "latency": self.cfg.latency,
@@ -391,10 +425,10 @@ class LiveApp:
         try:
             ok = await self._finish(session, flush)
         except asyncio.CancelledError:  # the server is shutting down: the pool closes every worker
-            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+            worker.stop_listening(wait=False)
             raise
         else:
-            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+            await asyncio.get_running_loop().run_in_executor(None, worker.stop_listening)
             if ok:
                 self.pool.free.append(worker)
             else:

@@ -20,6 +20,7 @@ written there with the same ``VideoWriter`` as ``turbosync lipsync`` (audio = wh
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +153,38 @@ class Worker:
         self.process.start()
         child.close()
         self.info: dict[str, Any] | None = None
+        self._reader: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def listen(self, loop, handle) -> None:
+        """Hand every message of the worker to ``handle(msg)`` on the event loop ``loop`` (None once the worker is
+        gone), read by a thread: a chunk of JPEGs is larger than the pipe's buffer, and a ``recv`` in the loop
+        would wait, holding every session's pacing, until a busy worker has written all of it."""
+        self._stop.clear()
+
+        def read() -> None:
+            try:
+                while not self._stop.is_set():
+                    if self.conn.poll(0.05):
+                        loop.call_soon_threadsafe(handle, self.conn.recv())
+            except (EOFError, OSError):
+                try:
+                    loop.call_soon_threadsafe(handle, None)
+                except RuntimeError:  # the loop is closed: the server is gone
+                    pass
+            except RuntimeError:
+                pass
+
+        self._reader = threading.Thread(target=read, name="worker-reader", daemon=True)
+        self._reader.start()
+
+    def stop_listening(self, wait: bool = True) -> None:
+        """Stop the reading thread and (``wait``) wait for it, blocking at most 50 ms + one message: a worker is
+        listened to by one thread at a time, or a message of the next session could go to this one."""
+        self._stop.set()
+        if wait and self._reader is not None:
+            self._reader.join(5.0)
+            self._reader = None
 
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
         if not self.conn.poll(timeout):
@@ -164,6 +197,7 @@ class Worker:
 
     def close(self) -> None:
         """Ask the worker to quit; a busy one is terminated after a second."""
+        self._stop.set()
         try:
             self.conn.send(("quit",))
         except (OSError, EOFError, BrokenPipeError):

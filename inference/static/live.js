@@ -4,7 +4,7 @@
 // measures it: for every drawn frame, when it was shown and when its audio was heard (performance.now ms).
 "use strict";
 const RATE = 16000, FRAME_S = 0.04, BUFFER_S = 0.12, FRAME_MAGIC = 0x31465354, AUDIO_MAGIC = 0x31415354;
-const LEVELS = ["full", "one_step", "tiny_decoder", "pass_through", "late"];
+const LEVELS = ["full", "one_step", "tiny_decoder", "pass_through", "late", "idle"];
 const $ = (id) => document.getElementById(id);
 const ts = window.ts = {
   log: [], heardEnergy: 0, blocks: 0, recording: [], record: false, closed: null, ready: null, stats: null,
@@ -96,7 +96,7 @@ async function start() {
     ts.blocks++; ts.heardEnergy += d.energy;
     if (d.samples) {
       const o = heardClock();
-      ts.recording.push({ perf: o.performanceTime + (d.t - o.contextTime) * 1000, samples: Array.from(d.samples) });
+      ts.recording.push({ perf: o.performanceTime + (d.t - o.contextTime) * 1000, samples: d.samples });
     }
   };
   await ctx.resume();

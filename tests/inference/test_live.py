@@ -232,10 +232,10 @@ def test_misbehaving_clients_are_closed_with_a_reason_while_another_keeps_25_fps
     log = proc.stderr.read()
     assert closes["random_bytes"][0] == 1003 and "not an audio packet" in closes["random_bytes"][1]
     assert closes["random_text"][0] == 1007 and "not JSON" in closes["random_text"][1]
-    assert closes["huge"][0] == 1009 and "closed (1009): message too big" in log, (closes["huge"], log)
     assert closes["rate_hello"][0] == 1003 and "16000 Hz" in closes["rate_hello"][1]
-    # A client still sending when its session is closed may lose the close frame to the reset (then 1006);
-    # the server's log has the reason either way.
+    # A client still sending when its session is closed may lose the close frame to the reset (then 1006; on a
+    # busy machine the 100 MB sender often does); the server's log has the reason either way.
+    assert closes["huge"][0] in (1009, 1006) and "closed (1009): message too big" in log, (closes["huge"], log)
     assert closes["fast_audio"][0] in (1003, 1006) and "closed (1003): audio arrives faster than real time" in log
     assert "client left" in log, log[-2000:]
     times = np.array([t for t, _ in good["frames"]])
