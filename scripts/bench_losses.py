@@ -79,7 +79,7 @@ def measure_cost(out: Path, repeats: int) -> dict:
 
     import configs
     from distill import recipe
-    from distill.step import StepLosses, build_losses
+    from distill.step import AuxTerm, StepLosses, build_losses
 
     cfg = configs.load("distill/losses_all", [f"run.output_dir={out / 'cost_run'}", "run.resume=null"])
     if (out / "cost_run").exists():
@@ -95,8 +95,10 @@ def measure_cost(out: Path, repeats: int) -> dict:
     variants["all"] = full
     latent = build_losses({"aux": {"adv_latent": LATENT_ADV}}, feature_unet=run.teacher).aux["adv_latent"]
     variants["+adv_latent"] = StepLosses(full.consistency, {"recon": full.aux["recon"], "adv_latent": latent})
+    decode_only = AuxTerm.of(lambda x0_frames: 0.0 * x0_frames.flatten(1).mean(1))  # the shared decode's own cost
+    variants["+decode"] = StepLosses(full.consistency, {"recon": full.aux["recon"], "decode": decode_only})
     dcfg = OmegaConf.to_container(run.cfg.distill, resolve=True)
-    dcfg["weights"]["adv_latent"] = 0.1
+    dcfg["weights"] |= {"adv_latent": 0.1, "decode": 1.0}
     _time_step(run, batch, full, dcfg, 0)  # warm-up (allocations, lazy inits)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for _ in range(repeats):
@@ -107,7 +109,7 @@ def measure_cost(out: Path, repeats: int) -> dict:
         run.writer.close()
     return {
         "cpu_seconds_per_step": best,
-        "term_cpu_seconds": {t: best[f"+{t}"] - best["plain"] for t in (*TERMS, "adv_latent")},
+        "term_cpu_seconds": {t: best[f"+{t}"] - best["plain"] for t in (*TERMS, "adv_latent", "decode")},
         "all_over_plain": best["all"] / best["plain"],
         "cpu_and_wall_seconds": times,
         "what": "CPU time (1 torch thread) of one step's forward + backward (batch 4 x 8 frames, 128 px; pixel terms "
