@@ -24,6 +24,7 @@ cheapest level; late: the engine's frame missed its time; idle: a silence on a m
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 import time
@@ -76,6 +77,10 @@ class Pool:
         from inference.live_worker import load_engine
 
         self.engine = engine or load_engine(spec)
+        # The loaded engine (torch, the models: a few hundred thousand objects) leaves the garbage collector's
+        # view: a full collection over it took 1.6 s on a busy machine and held every session's pacing (and a
+        # worker's chunk). The workers fork after this and inherit it.
+        gc.freeze()
         self.workers = [Worker(self.engine) for _ in range(size)]
         self.free: list[Worker] = []
         self.closing = False
@@ -157,6 +162,7 @@ class Session:
         self.idle = False  # in a silence, showing the avatar's own frames until speech resumes
         self.last_loud = -(1 << 30)  # the last sent frame with audio above SILENCE_RMS
         self.lateness: list[float] = []
+        self.send_late = 0.0  # the latest a frame left after its time in the last second (s; a busy server)
         self.ended = asyncio.get_running_loop().create_future()
 
     # worker side ------------------------------------------------------------------------------------------
@@ -234,6 +240,7 @@ class Session:
                 jpeg, level = None, "idle"
             if jpeg is None:
                 jpeg = self._passthrough(i)
+            self.send_late = max(self.send_late, time.perf_counter() - frame_due(self.t0, self.cfg.latency, i))
             await self.ws.send_bytes(pack_frame(i, level, audio, jpeg, time.time()))
             self.sent_log.append((now, level))
             self.next_out += 1
@@ -265,13 +272,15 @@ class Session:
         self.sent_log = [x for x in self.sent_log if x[0] > now - 1.0]
         levels = {lv: recent.count(lv) for lv in set(recent)}
         self.lateness, lateness = [], self.lateness
+        self.send_late, send_late = 0.0, self.send_late
         behind = any(lv != "full" for lv in recent)  # idle frames too: they follow a fallback
         c = self.clock
         return {"type": "stats", "fps": len(recent), "levels": levels, "behind": behind,
                 "latency_ms": round(1000 * self.cfg.latency), "padded_s": round(c.padded / SAMPLE_RATE, 2),
                 "dropped_s": round(c.dropped / SAMPLE_RATE, 2), "frames": self.next_out,
                 "engine_frames": self.engine_frames, "fed_s": round(c.fed / SAMPLE_RATE, 2),
-                "resyncs": self.resyncs, "engine_ms_after_due": _median_ms(lateness)}  # fmt: skip
+                "resyncs": self.resyncs, "engine_ms_after_due": _median_ms(lateness),
+                "send_late_ms": round(1000 * send_late)}  # fmt: skip
 
     async def pace(self) -> None:
         """The session's clock: feed the engine, send due frames, stats every second."""

@@ -262,13 +262,16 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=float, default=30.0, help="seconds recorded at the start and at the end")
     p.add_argument("--out", type=Path, default=Path("runs/bench_live.json"))
     p.add_argument("--work", type=Path, default=Path("runs/bench_live_assets"))
+    p.add_argument("--delay", type=float, default=0.0, help="`turbosync stream --delay`: output delay on top "
+                   "of the engine's latency (more of a slow engine's frames in time)")  # fmt: skip
     args = p.parse_args(argv)
     decoders = decoder_check(args.work / "decoders")
     print("decoders:", json.dumps(decoders), flush=True)
     total = 60 * args.minutes + 2 * args.window + 30
     assets = make_assets(args.work, total, pauses=())
     t0, load = time.time(), [os.getloadavg()[0]]
-    with server("--avatar", str(assets["avatar"]), "--mic", "--sessions", "1") as (_, url), sync_playwright() as pw:
+    cmd = ["--avatar", str(assets["avatar"]), "--mic", "--sessions", "1", "--delay", str(args.delay)]
+    with server(*cmd) as (_, url), sync_playwright() as pw:
         browser = launch_chromium(pw, assets["wav"])
         probe = PageProbe(browser, url)
         probe.keep = False
@@ -281,7 +284,8 @@ def main(argv=None) -> int:
             load.append(os.getloadavg()[0])
         end = _window(probe, args.window, assets["speech"])
         browser.close()
-    report = {"minutes_between_windows": args.minutes, "window_s": args.window, "start": start, "end": end,
+    report = {"minutes_between_windows": args.minutes, "window_s": args.window, "delay_s": args.delay,
+              "start": start, "end": end,
               "wall_s": time.time() - t0, "load_average": os.getloadavg(), "cpus": os.cpu_count(),
               "load_1min": {"min": min(load), "median": float(np.median(load)), "max": max(load)},
               "decoders": decoders,
