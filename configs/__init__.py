@@ -29,6 +29,21 @@ _RESERVED = ("_target_", "_partial_", "_recursive_")
 _MISSING = object()
 
 
+class ConfigError(ValueError):
+    """A preset, file or override that cannot be used; the message says which and why (one line)."""
+
+
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """No config file or preset of that name."""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """An override naming a key the config does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def available() -> list[str]:
     """Names of the bundled presets (``teacher/tiny``, ...)."""
     return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
@@ -42,7 +57,7 @@ def resolve(name_or_path: str | Path) -> Path:
     bundled = CONFIG_DIR / f"{str(name_or_path).removesuffix('.yaml')}.yaml"
     if bundled.is_file():
         return bundled
-    raise FileNotFoundError(f"no config file or preset named {name_or_path!r}; presets: {', '.join(available())}")
+    raise ConfigNotFoundError(f"no config file or preset named {name_or_path!r}; presets: {', '.join(available())}")
 
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
@@ -52,12 +67,12 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         add = key.startswith("+")
         key = key.lstrip("+")
         if not add and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-            raise KeyError(f"override {item!r}: no key {key!r} in the config (prefix with + to add it)")
+            raise ConfigKeyError(f"override {item!r}: no key {key!r} in the config (prefix with + to add it)")
         parsed = OmegaConf.from_dotlist([f"{key}={value}"])
         OmegaConf.update(cfg, key, OmegaConf.select(parsed, key), merge=False, force_add=add)
     return cfg
@@ -67,7 +82,7 @@ def load(name_or_path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
     """Load a preset (or YAML file) and apply command-line style overrides."""
     cfg = OmegaConf.load(resolve(name_or_path))
     if not isinstance(cfg, DictConfig):
-        raise ValueError(f"config {name_or_path} must be a mapping at the top level")
+        raise ConfigError(f"config {name_or_path} must be a mapping at the top level")
     return apply_overrides(cfg, overrides)
 
 

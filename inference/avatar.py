@@ -116,6 +116,8 @@ def iter_source(source: str | os.PathLike | np.ndarray) -> Iterator[np.ndarray]:
         yield from source
         return
     path = Path(source)
+    if path.is_dir():
+        raise AvatarError(f"{path}: is a folder, not a video or image (an avatar folder goes to --avatar)")
     if not path.is_file():
         raise AvatarError(f"{path}: file not found")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -272,7 +274,8 @@ def prepare_avatar(
         if pending:
             encode()
         if faces == 0:
-            why = too_small_message(aligner) if aligner.too_small else "no face found"
+            why = (too_small_message(aligner) if aligner.too_small else "no face found" if face["choose"] == "largest"
+                   else f"no face matching face choice {face['choose']!r} (--face) found")
             raise AvatarError(f"{_name(source)}: {why} in any of its {streams['frames'].count} frames")
         for st in streams.values():
             st.close()

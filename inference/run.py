@@ -54,6 +54,8 @@ def read_audio_16k(path: str | os.PathLike, to_video_end: bool = False) -> np.nd
     lasts as long as the later of the two streams, ``teacher.media.read_audio_to_video_end``)."""
     from teacher.media import MediaError, read_audio, read_audio_to_video_end
 
+    if Path(path).is_dir():
+        raise InputError(f"{path}: is a folder, not a media file")
     if not Path(path).is_file():
         raise InputError(f"{path}: file not found")
     try:

@@ -36,6 +36,8 @@ def _teacher_demo(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         return _fail(f"--steps must be at least 1, got {args.steps}")
+    if clash := _same_file(args.out, args.video, args.audio):
+        return _fail(f"--out {args.out} is the input {clash}: write the output elsewhere")
     cfg = configs.load(args.config or default_teacher_preset(), args.overrides)
     try:  # a video file is streamed by run_teacher, never decoded whole
         if args.video is None:
@@ -70,6 +72,30 @@ TOY_STUDENT = Path(__file__).resolve().parent.parent / "assets" / "toy_student"
 USER_ERRORS = (ValueError, KeyError, TypeError, OSError)  # an unusable input or option: one line, exit 2
 
 
+def _at_least(low: float, kind=int):
+    """An argparse type: ``kind(text)`` that must be >= ``low`` (argparse prints its one-line usage error)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _same_file(out: Path, *inputs) -> str | None:
+    """The input ``out`` would overwrite (same file), if any."""
+    for path in inputs:
+        if path is not None and Path(path).exists() and Path(out).exists() and Path(out).samefile(path):
+            return str(path)
+    return None
+
+
 _SIGNALLED: list[int] = []  # SIGTERM received: whatever error follows is the termination, not a bad input
 
 
@@ -94,6 +120,8 @@ def _lipsync(args: argparse.Namespace) -> int:
 
     if args.out.exists() and args.out.is_dir():
         return _fail(f"{args.out} is a folder; --out takes an .mp4 path")
+    if clash := _same_file(args.out, args.video, args.audio):
+        return _fail(f"--out {args.out} is the input {clash}: write the output elsewhere")
     try:
         if args.teacher:
             return _lipsync_teacher(args)
@@ -152,6 +180,8 @@ def _demo(args: argparse.Namespace) -> int:
     from inference.run import InputError, lipsync_file, load_engine_config
     from scripts.demo_inputs import demo_clip
 
+    if clash := _same_file(args.out, args.video, args.audio):
+        return _fail(f"--out {args.out} is the input {clash}: write the output elsewhere")
     try:
         frames, audio = demo_clip(args.video, args.audio, seconds=args.seconds, seed=args.seed)
         cfg = load_engine_config(args.preset, [], **_engine_options(args))
@@ -227,11 +257,17 @@ def _distill(args: argparse.Namespace) -> int:
     from distill.recipe import NonFiniteLossError, train
 
     cfg = configs.load(args.config or default_teacher_preset(), args.overrides)
+    if "run" not in cfg or "distill" not in cfg:
+        return _fail(f"{args.config}: not a distillation preset (no run: / distill: section; see configs/distill/)")
+    if int(cfg.run.max_steps) < 1:
+        return _fail(f"run.max_steps must be at least 1, got {cfg.run.max_steps}")
     try:
         run = train(cfg)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except FileNotFoundError as err:  # data folder, teacher weights, init export
+        return _fail(err)
     if run.acc.is_main_process:
         print(f"distilled {run.state.step} steps into {run.out}")
     return 0
@@ -391,21 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write synthetic talking-face clips with ground truth")
     p.add_argument("out_dir", type=Path, help="folder for the clips")
-    p.add_argument("--clips", type=int, default=8, help="number of clips")
-    p.add_argument("--resolution", type=int, default=256, help="frame size in px")
-    p.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
+    p.add_argument("--clips", type=_at_least(1), default=8, help="number of clips")
+    p.add_argument("--resolution", type=_at_least(64), default=256, help="frame size in px")
+    p.add_argument("--seconds", type=_at_least(0.2, float), default=4.0, help="length of each clip")
     p.add_argument("--seed", type=int, default=0, help="data set seed (clip k draws from (seed, k))")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("prepare", help="turn a folder of talking-head videos into training shards")
     p.add_argument("src_dir", type=Path, help="folder of source videos")
     p.add_argument("out_dir", type=Path, help="folder for the shards")
-    p.add_argument("--resolution", type=int, default=256, help="aligned face size (256 or 512 for real data)")
-    p.add_argument("--min-frames", type=int, default=16, help="shortest kept segment")
+    p.add_argument("--resolution", type=_at_least(32), default=256, help="aligned face size (256 or 512 for real data)")
+    p.add_argument("--min-frames", type=_at_least(1), default=16, help="shortest kept segment")
     p.add_argument("--scene-cut-threshold", type=float, default=0.3, help="mean absolute frame change that cuts")
     p.add_argument("--no-scene-cuts", action="store_true", help="do not split at scene cuts")
     p.add_argument("--whisper", default=None, help="tiny.pt or HF folder (default: the tiny preset's random one)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--workers", type=_at_least(1), default=1, help="parallel processes")
     p.add_argument("--face", default="largest",
                    help="which face when there are several: 'largest', an index from the left or a box x1,y1,x2,y2")
     p.add_argument("--small-faces", action="store_true", help="find faces under LatentSync's 50 x 80 px minimum")
@@ -457,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     args = build_parser().parse_args(argv)
+    device = str(getattr(args, "device", None) or "cpu")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return _fail(f"--device {device}: no CUDA device on this machine (use --device cpu)")
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
@@ -464,7 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as err:
+        from omegaconf.errors import OmegaConfBaseException
+
+        import configs
+
+        if not _SIGNALLED and isinstance(err, configs.ConfigError | OmegaConfBaseException):  # a preset or override
+            return _fail(str(err).strip().splitlines()[0])
         # A signal that lands inside a library (mid-import, mid-decode) can come out as that library's own error
         # (mediapipe turns an interrupted import into ImportError); the run was still terminated, not broken.
         if _SIGNALLED:

@@ -426,7 +426,8 @@ def too_small_message(aligner) -> str:
     """'face too small (W x H px, minimum 50 x 80 px)' after ``align_video`` saw only faces under the minimum box."""
     w, h = aligner.too_small
     mw, mh = getattr(aligner.landmarker, "min_box_size", (50, 80))
-    return f"face too small ({w:.0f} x {h:.0f} px, minimum {mw:.0f} x {mh:.0f} px)"
+    return (f"face too small ({w:.0f} x {h:.0f} px, minimum {mw:.0f} x {mh:.0f} px; smaller ones: --small-faces or "
+            "face.small_faces=true)")
 
 
 def _ranges(indices: list[int], most: int = 4) -> str:

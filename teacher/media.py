@@ -54,6 +54,8 @@ class MediaError(ValueError):
 
 def _check_exists(path: str | os.PathLike) -> str:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise MediaError(f"{path}: is a folder, not a media file")
     if not os.path.isfile(path):
         raise MediaError(f"{path}: file not found")
     return path

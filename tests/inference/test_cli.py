@@ -105,6 +105,8 @@ def _unusable(files, tmp_path):
         ("bad override", base + ["--video", str(files["video"]), "chunk=abc"], "chunk"),
         ("not a tiny decoder", base + ["--video", str(files["video"]), "--decoder", "tiny", "--tiny-decoder",
                                        str(not_export)], "not_export"),
+        ("folder as video", base + ["--video", str(not_export), "--audio", str(files["audio"])], "is a folder"),
+        ("folder as audio", base + ["--video", str(files["video"]), "--audio", str(not_export)], "is a folder"),
     ]  # fmt: skip
 
 
@@ -256,3 +258,33 @@ def test_lipsync_without_audio_lasts_as_long_as_the_video(files, tmp_path):
     assert main(["lipsync", "--student", str(files["student"]), "--video", str(silent), "--out",
                  str(tmp_path / "x.mp4")]) == 2  # fmt: skip
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_config_device_and_option_errors_are_one_line(files, tmp_path, capsys):
+    """A preset or override that cannot be used, a CUDA device on a machine without one, a value out of range,
+    an output that would overwrite its input: one line, exit 2, for every command (not a traceback)."""
+    import torch
+
+    cases = [
+        (["distill", "--config", "distill/tiny", "run.max_stepz=2"], "run.max_stepz"),
+        (["distill", "--config", "distill/nope"], "distill/nope"),
+        (["distill", "--config", "distill/tiny", "run.max_steps"], "key=value"),
+        (["distill", "--config", "teacher/tiny"], "not a distillation preset"),
+        (["distill", "--config", "distill/tiny", "run.max_steps=-2"], "max_steps"),
+        (["teacher-demo", "--config", "teacher/nope", "--out", str(tmp_path / "t.mp4")], "teacher/nope"),
+        (["lipsync", "--student", str(files["student"]), "--video", str(files["video"]), "--out", str(files["video"])],
+         "is the input"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["bench", "stream", "--out", str(tmp_path / "b.json"), "--device", "cuda"], "no CUDA device"))
+    for argv, named in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0] and err[0].startswith("error:"), (argv, err)
+    assert files["video"].stat().st_size > 0
+    for argv in (["synth", str(tmp_path / "s"), "--clips", "0"], ["prepare", str(tmp_path), str(tmp_path / "o"),
+                                                                   "--resolution", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:  # argparse: usage + one error line
+            main(argv)
+        assert exit_info.value.code == 2 and "must be at least" in capsys.readouterr().err
