@@ -58,11 +58,18 @@ class SyncReport:
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
-    """``"stable_syncnet"`` for LatentSync's ``{"state_dict": ...}``, else ``"syncnet_v2"`` (a bare state dict)."""
+    """``"stable_syncnet"`` for LatentSync's ``{"state_dict": ...}``, else ``"syncnet_v2"`` (a bare state dict).
+    ValueError for a file torch cannot load."""
+    import pickle
+
     try:  # zip-format files map lazily; the 2017 syncnet_v2.model may be a legacy pickle
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, IndexError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path}: not a SyncNet checkpoint (torch.load: {reason})") from None
     return "stable_syncnet" if isinstance(ckpt, Mapping) and "state_dict" in ckpt else "syncnet_v2"
 
 

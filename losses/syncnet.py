@@ -18,6 +18,7 @@ Parameter names are the official ones, so a real ``stable_syncnet.pt`` (a torch 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,11 @@ def _read_state_dict(ckpt_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"SyncNet checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, IndexError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SyncNetCheckpointError(f"{path} is not a StableSyncNet checkpoint (torch.load: {reason})") from None
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         keys = sorted(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise SyncNetCheckpointError(f"{path} is not a StableSyncNet checkpoint: expected a dict with key "

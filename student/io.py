@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from student.denoiser import StudentDenoiser
@@ -105,7 +106,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
     carrying its ``denoiser_settings``. Reads only that folder. ``dtype`` None keeps the stored precision,
     except that half-precision weights are computed in float32 on the CPU."""
     config = read_config(path)
-    student = StudentUNet.from_export(load_file(str(Path(path) / MODEL_FILE)), config)
+    try:
+        weights = load_file(str(Path(path) / MODEL_FILE))
+    except (SafetensorError, OSError) as err:
+        raise NotAnExportError(f"{Path(path) / MODEL_FILE} is not readable safetensors ({err}): export again") from None
+    student = StudentUNet.from_export(weights, config)
     if dtype is None and torch.device(device).type == "cpu" and student.dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32
     return student.to(device=device, dtype=dtype)

@@ -275,6 +275,15 @@ def test_config_device_and_option_errors_are_one_line(files, tmp_path, capsys):
         (["lipsync", "--student", str(files["student"]), "--video", str(files["video"]), "--out", str(files["video"])],
          "is the input"),
     ]
+    bad_student = tmp_path / "bad_student"
+    bad_student.mkdir()
+    (bad_student / "config.json").write_text((files["student"] / "config.json").read_text())
+    (bad_student / "model.safetensors").write_bytes(b"\x00\x01" * 500)
+    cases += [
+        (["lipsync", "--student", str(bad_student), "--video", str(files["video"]), "--out", str(tmp_path / "s.mp4")],
+         "model.safetensors"),
+        (["eval", "sync", str(files["video"]), "--syncnet", str(files["audio"])], "not a SyncNet checkpoint"),
+    ]
     if not torch.cuda.is_available():
         cases.append((["bench", "stream", "--out", str(tmp_path / "b.json"), "--device", "cuda"], "no CUDA device"))
     for argv, named in cases:
