@@ -9,6 +9,7 @@ c08: a phone portrait stored as 320x180 frames with a -90 degree display rotatio
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import av
@@ -19,7 +20,8 @@ import soundfile as sf
 from scripts.cli import main
 from teacher.media import VideoReader, read_audio, read_video, write_video
 
-CASES = Path(__file__).resolve().parents[3] / "shared" / "cases"
+# The workplace's shared cases beside the checkout, or wherever TURBOSYNC_CASES points (a clone elsewhere).
+CASES = Path(os.environ.get("TURBOSYNC_CASES") or Path(__file__).resolve().parents[3] / "shared" / "cases")
 C08 = CASES / "c08_portrait_rot-90_coded320x180_display180x320_3s.mp4"
 C19 = CASES / "c19_audio_starts_at_0.5s_256px_3s.mp4"
 SR = 16000
