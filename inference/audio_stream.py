@@ -2,7 +2,7 @@
 
 The offline teacher features (``teacher.audio.whisper_features``) encode each 30 s window on its
 own, padded to 3000 mel frames, with the log-mel floor hung from the maximum of the whole window
-(DESIGN.md sections 2 and 6). A stream cannot know that maximum, and chunk-by-chunk use of the
+(LatentSync's ``latentsync/whisper`` code). A stream cannot know that maximum, and chunk-by-chunk use of the
 offline code gives features that depend on where a chunk starts, plus a seam every 30 s. Here:
 
 - **Fixed grid.** Frames are computed in blocks ``[a, a + block)`` with ``a`` a multiple of

@@ -249,6 +249,8 @@ def _prepare(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:  # no source folder, or no videos in it
         return _fail(str(err))
     print(report.summary())
+    if report.shards == 0:  # every file skipped: nothing to train on
+        return _fail(f"{args.src_dir}: no usable video (no shard written; the reasons are listed above)")
     return 0
 
 
@@ -464,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="export folder to write")
     p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint directory (default: the latest)")
     p.add_argument("--onnx", action="store_true", help="also export one U-Net step to OUT_DIR/student.onnx")
-    p.add_argument("--steps", type=int, default=1, help="default sampler steps recorded for inference")
+    p.add_argument("--steps", type=int, choices=[1, 2, 3, 4], default=1,
+                   help="default sampler steps recorded for inference")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="stored precision of the weights (half weights run in float32 on a CPU)")
     p.set_defaults(func=_export)

@@ -1,7 +1,7 @@
 """Whisper audio features of the LatentSync teacher.
 
 The teacher conditions every video frame on a ``[50, 384]`` token set cut from Whisper-tiny
-encoder states (DESIGN.md section 2). The computation, step by step:
+encoder states (LatentSync's ``latentsync/whisper/audio2feature.py``). The computation, step by step:
 
 1. ``log_mel``: an 80-bin log-mel spectrogram of the *whole* 16 kHz clip at 100 Hz, with the
    dynamic-range floor hung from the maximum over the whole clip.

@@ -1,6 +1,6 @@
 """A tiny latent decoder (TAESD, diffusers ``AutoencoderTiny``) that stands in for the VAE decoder.
 
-At 1-2 U-Net steps the VAE decoder dominates the per-frame compute (DESIGN.md section 5: SD VAE
+At 1-2 U-Net steps the VAE decoder dominates the per-frame compute (counted analytically: SD VAE
 decoder 2.48 TFLOP per 512 px frame, TAESD decoder 0.14, 5.6 %). ``TinyDecoder`` takes the same
 scaled latents as ``VideoVAE.decode`` (the U-Net's x0) and returns the same pixels, so the
 engine can swap one for the other.

@@ -55,13 +55,13 @@ def test_cli_prepare_exit_code(prepared, tmp_path):
 
 
 def test_cli_prepare_face_choice(prepared, tmp_path, capsys):
-    """--face reaches the aligner: the second face from the left does not exist in the one-face clips; a bad
-    choice is one error line, exit 2."""
+    """--face reaches the aligner: the second face from the left does not exist in the one-face clips, so no
+    shard is written (exit 2: nothing to train on); a bad choice is one error line, exit 2."""
     src, _, _, _ = prepared
     assert main(["prepare", str(src), str(tmp_path / "a"), "--resolution", "64", "--min-frames", "8", "--face", "1",
-                 "--small-faces"]) == 0  # fmt: skip
+                 "--small-faces"]) == 2  # fmt: skip  (nothing usable: no shard, exit 2)
     assert not (tmp_path / "a" / "shards").exists() or not any((tmp_path / "a" / "shards").iterdir())
-    capsys.readouterr()
+    assert "no usable video" in capsys.readouterr().err
     assert main(["prepare", str(src), str(tmp_path / "b"), "--face", "biggest"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "face.choose must be" in err[0], err
