@@ -71,7 +71,8 @@ def test_face_options_reach_the_aligner_and_the_manifest(tmp_path, bundle, clip_
                         face={"choose": 0, "small_faces": True, "scene_cut": False})  # fmt: skip
     face = json.loads((tmp_path / "av" / "manifest.json").read_text())["aligner"]["face"]
     assert face == {"choose": 0, "small_faces": True, "scene_cut": False} and av.has_face.all()
-    with pytest.raises(AvatarError, match="no face matching face choice 2 .--face. found in any of its 30 frames"):  # the 3rd face from the left
+    no_third_face = "no face matching face choice 2 .--face. found in any of its 30 frames"  # 3rd from the left
+    with pytest.raises(AvatarError, match=no_third_face):
         prepare_avatar(clip_file, tmp_path / "none", bundle, progress=False, face={"choose": 2})
     assert not (tmp_path / "none" / "manifest.json").exists() and not any((tmp_path / "none").iterdir())
     with pytest.raises(AvatarError, match="face.choose must be"):
