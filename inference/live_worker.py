@@ -41,9 +41,17 @@ class WorkerSpec:
     threads: int = 1
 
 
+WORKER_NICE = 5  # engines yield the CPU to the serving process (the clocks) and the browser when it is short
+
+
 def worker_main(conn, engine) -> None:
     """The worker process (forked from the serving process, which loaded ``engine``): serve sessions until
-    "quit" or until the pipe closes (the serving process is gone)."""
+    "quit" or until the pipe closes (the serving process is gone). It runs ``WORKER_NICE`` steps nicer: on a
+    machine short of CPU the engine degrades (its frames are replaced, never waited for), while a starved
+    serving process or page would stall the clock and the picture (seen in the browser test on 2 cores)."""
+    import os
+
+    os.nice(WORKER_NICE)
     for other in _PARENT_ENDS:  # the serving process's ends of every pipe: closing them lets EOF reach us
         other.close()
     conn.send(("ready", {"frames": engine[1].num_frames}))
