@@ -31,10 +31,12 @@ from losses.syncnet import load_syncnet, window_embeddings
 from losses.syncnet_v2 import LIP_SIZE, load_syncnet_v2, num_windows
 from losses.syncnet_v2 import window_embeddings as v2_window_embeddings
 
-__all__ = ["SyncReport", "checkpoint_kind", "face_crops", "eval_sync", "scores_stable", "scores_v2"]
+__all__ = ["SyncReport", "checkpoint_kind", "eval_sync", "face_crops", "scores_stable", "scores_v2", "syncnet_config"]
 
 FPS = 25
 SAMPLE_RATE = 16000
+DEFAULT_CONFIG = "syncnet/stable_syncnet_16"  # LatentSync's StableSyncNet
+SIDE_CONFIG = "syncnet.yaml"  # a trained net's own preset, beside its syncnet.pt
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,14 @@ class SyncReport:
     frames: int           # video frames at 25 fps
     windows: int          # scored windows
     faceless: int         # frames whose face was filled from a neighbour
+    config: str | None = None  # the StableSyncNet config used (None for syncnet_v2), "... (beside the checkpoint)"
 
     def summary(self) -> str:
         s = self.scores
         lines = [f"offset: {s.offset} frames (video frame t matches audio frame t - offset best)",
                  f"LSE-C: {s.lse_c:.3f}", f"LSE-D: {s.lse_d:.3f}",
-                 f"({self.syncnet}, {self.windows} windows of {self.frames} frames"
+                 f"({self.syncnet}{f', config {self.config}' if self.config else ''}, "
+                 f"{self.windows} windows of {self.frames} frames"
                  + (f", {self.faceless} frames without a face filled from a neighbour" if self.faceless else "")
                  + ")"]
         return "\n".join(lines)
@@ -110,16 +114,19 @@ def scores_stable(net: torch.nn.Module, crops: np.ndarray, audio: np.ndarray, nu
 
 
 def eval_sync(video: str | os.PathLike, audio: str | os.PathLike | None = None,
-              syncnet: str | os.PathLike | None = None, config: str = "syncnet/stable_syncnet_16",
+              syncnet: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
               device: str = "cpu", vshift: int = VSHIFT) -> SyncReport:
     """Offset, LSE-C and LSE-D of ``video`` (its own audio, or ``audio``) under the SyncNet in ``syncnet``.
 
     ``syncnet`` None takes ``files.syncnet`` of ``config``. ``config`` (preset or YAML) describes a
-    StableSyncNet checkpoint; it is not used for a ``syncnet_v2.model``.
-    Raises FileNotFoundError / ValueError (teacher.media.MediaError, no face, too short, a bad checkpoint).
+    StableSyncNet checkpoint; it is not used for a ``syncnet_v2.model``. ``config`` None takes the
+    ``syncnet.yaml`` beside ``syncnet`` (as ``turbosync train-syncnet`` writes it), else ``DEFAULT_CONFIG``
+    (see ``syncnet_config``). Raises FileNotFoundError / ValueError (teacher.media.MediaError, no face,
+    too short, a bad checkpoint).
     """
     from teacher.media import iter_video_frames, read_audio
 
+    config, found_beside = syncnet_config(syncnet, config)
     cfg = configs.load(config)
     path = syncnet if syncnet is not None else cfg.files.get("syncnet")
     if path is None or not os.path.isfile(path):
@@ -136,4 +143,21 @@ def eval_sync(video: str | os.PathLike, audio: str | os.PathLike | None = None,
         net = load_syncnet(path, cfg.model, device=device)
         crops, faceless = face_crops(frames, int(cfg.data.resolution))
         scores, count = scores_stable(net, crops, sound, int(cfg.data.num_frames), bool(cfg.data.lower_half), vshift)
-    return SyncReport(scores=scores, syncnet=kind, frames=len(crops), windows=count, faceless=faceless)
+    used = None if kind == "syncnet_v2" else f"{config}{' (beside the checkpoint)' if found_beside else ''}"
+    return SyncReport(scores=scores, syncnet=kind, frames=len(crops), windows=count, faceless=faceless, config=used)
+
+
+def syncnet_config(syncnet: str | os.PathLike | None,
+                   config: str | os.PathLike | None = None) -> tuple[str, bool]:
+    """The StableSyncNet config to use, and whether it was found beside the checkpoint.
+
+    An explicit ``config`` wins; else ``<dir of syncnet>/syncnet.yaml`` when that file exists (the preset
+    ``turbosync train-syncnet`` / ``export_syncnet`` writes beside ``syncnet.pt``); else ``DEFAULT_CONFIG``.
+    """
+    if config is not None:
+        return str(config), False
+    if syncnet is not None:
+        beside = os.path.join(os.path.dirname(os.fspath(syncnet)), SIDE_CONFIG)
+        if os.path.isfile(beside):
+            return beside, True
+    return DEFAULT_CONFIG, False

@@ -479,8 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", default=None, help="audio file (default: the video's own audio track)")
     p.add_argument("--syncnet", default=None, help="syncnet_v2.model (original SyncNet) or stable_syncnet.pt "
                    "(default: files.syncnet of --config)")
-    p.add_argument("--config", default="syncnet/stable_syncnet_16",
-                   help="StableSyncNet preset or YAML: its model and window (unused for syncnet_v2.model)")
+    p.add_argument("--config", default=None,
+                   help="StableSyncNet preset or YAML: its model and window (unused for syncnet_v2.model); "
+                   "default: the syncnet.yaml beside --syncnet (as train-syncnet writes it), "
+                   "else syncnet/stable_syncnet_16; the report names the one used")
     p.add_argument("--device", default="cpu", help="torch device")
     p.set_defaults(func=_eval_sync)
     return parser

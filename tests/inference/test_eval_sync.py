@@ -72,3 +72,28 @@ def test_eval_sync_errors(clip, tmp_path, capsys):
     assert main(["eval", "sync", video, "--syncnet", str(clip / "stable_syncnet.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: SyncNet checkpoint") and "mis-shaped" in err and len(err.splitlines()) == 1
+
+
+def test_a_syncnet_yaml_beside_the_checkpoint_is_its_config(clip, tmp_path, capsys):
+    """``--syncnet RUN/syncnet.pt`` without ``--config`` takes ``RUN/syncnet.yaml`` (as train-syncnet writes it) and
+    says so; an explicit ``--config`` still wins; without a yaml beside it the default is LatentSync's preset."""
+    from inference.eval_sync import DEFAULT_CONFIG, syncnet_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "syncnet.pt").write_bytes((clip / "stable_syncnet.pt").read_bytes())
+    OmegaConf.save(configs.load("syncnet/toy"), run / "syncnet.yaml")
+    assert syncnet_config(run / "syncnet.pt") == (str(run / "syncnet.yaml"), True)
+    assert syncnet_config(run / "syncnet.pt", "syncnet/toy") == ("syncnet/toy", False)
+    assert syncnet_config(clip / "stable_syncnet.pt") == (DEFAULT_CONFIG, False)
+    assert syncnet_config(None) == (DEFAULT_CONFIG, False)
+
+    video = str(clip / "clip.mp4")
+    assert main(["eval", "sync", video, "--syncnet", str(run / "syncnet.pt")]) == 0
+    beside = capsys.readouterr().out
+    assert f"config {run / 'syncnet.yaml'} (beside the checkpoint)" in beside
+    assert main(["eval", "sync", video, "--syncnet", str(clip / "stable_syncnet.pt"), "--config", "syncnet/toy"]) == 0
+    assert parse(beside) == parse(capsys.readouterr().out)  # the same network under the same config
+    # an explicit --config wins over the file beside the checkpoint (here a mismatch: one error line)
+    assert main(["eval", "sync", video, "--syncnet", str(run / "syncnet.pt"), "--config", DEFAULT_CONFIG]) == 2
+    assert "mis-shaped" in capsys.readouterr().err
