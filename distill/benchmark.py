@@ -53,6 +53,11 @@ class Window:
     start: int = 0
     other_audio_embeds: torch.Tensor | None = None  # another clip's audio (``shuffle_audio``)
 
+    def to(self, device: str | torch.device) -> Window:
+        """A copy with every tensor on ``device`` (the numpy fields stay); metrics still come out on the CPU."""
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        return Window(**moved)
+
 
 def make_windows(
     dataset, vae, seed: int = 0, limit: int | None = None, noise_seed: int | None = None
@@ -126,7 +131,7 @@ def student_method(
     ts = lcm_timesteps(n, denoiser.settings.num_ddim_timesteps, denoiser.settings.num_train_timesteps)
 
     def run(win: Window) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(win.noise.device).manual_seed(seed)
         return sample_lcm(denoiser, ts, win.noise, win.mask_latent, win.masked_latents, win.ref_latents,
                           win.audio_embeds, w=w, generator=g, renoise=renoise)  # fmt: skip
 
@@ -233,7 +238,7 @@ def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference
         with torch.no_grad():
             outputs[name] = [decode_paste(vae, run(w), w) for w in windows]
     truth = [((w.frames[0].permute(1, 2, 3, 0) + 1) / 2).cpu() for w in windows]
-    region = [(1 - w.mask[0, 0]).bool() for w in windows]  # [F, R, R] generated region
+    region = [(1 - w.mask[0, 0]).bool().cpu() for w in windows]  # [F, R, R] generated region
     gt_open = np.concatenate([w.mouth_open for w in windows])
     gt_sharp = np.mean([laplacian_energy(t) for t in truth])
     results = {}

@@ -52,9 +52,12 @@ def heldout(work: Path, clips: int, seconds: float, seed: int, num_frames: int):
     from distill.data import ClipDataset, PrepareConfig, prepare
     from distill.synthworld import synth_dataset
 
-    if not (work / "src" / f"clip_{clips - 1:05d}.mp4").is_file():
-        synth_dataset(work / "src", clips=clips, resolution=256, seconds=seconds, seed=seed)
-    prepare(work / "src", work, PrepareConfig(resolution=128, min_frames=num_frames))
+    report = work / "report.json"
+    done = report.is_file() and json.loads(report.read_text()).get("prepared") == clips
+    if not done:  # a prepared set is reused as it is (also when copied elsewhere: prepare keys on the path)
+        if not (work / "src" / f"clip_{clips - 1:05d}.mp4").is_file():
+            synth_dataset(work / "src", clips=clips, resolution=256, seconds=seconds, seed=seed)
+        prepare(work / "src", work, PrepareConfig(resolution=128, min_frames=num_frames))
     return ClipDataset(work, num_frames=num_frames, reference="same", stride=num_frames)
 
 

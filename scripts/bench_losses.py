@@ -128,28 +128,78 @@ def _cli(args: list[str], log: Path) -> None:
         raise RuntimeError(f"turbosync {' '.join(args[:3])} failed (rc {res.returncode}); see {log}")
 
 
-def train_arm(arm: str, seed: int, steps: int, out: Path, extra: list[str]) -> Path:
-    """Distill one arm from one seed and export it; an existing export is reused. Returns the export."""
-    run_dir = out / f"{arm}_s{seed}"
-    export = run_dir / "export"
-    if (export / "config.json").is_file():
+def parse_arms(arms: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """``NAME`` (one of ``ARMS``) or ``NAME=ARM:key=value,key=value`` (an arm's preset with overrides, e.g.
+    ``sync_w1=sync:distill.weights.sync=1.0``) -> {row name: (arm preset, overrides)}."""
+    out = {}
+    for spec in arms:
+        name, _, rest = spec.partition("=")
+        arm, _, keys = (rest or name).partition(":")
+        if arm not in ARMS:
+            raise SystemExit(f"--arms {spec}: the arm must be one of {', '.join(ARMS)}")
+        out[name] = (arm, [k for k in keys.split(",") if k])
+    return out
+
+
+def train_arm(name: str, arm: tuple[str, list[str]], seed: int, steps: int, out: Path, extra: list[str]) -> Path:
+    """Distill one arm from one seed to ``steps`` (resuming the run when it has a checkpoint) and export it; an
+    export of the same step count is reused. Returns the export."""
+    run_dir = out / f"{name}_s{seed}"
+    export, marker = run_dir / "export", run_dir / "exported_steps.txt"
+    if (export / "config.json").is_file() and marker.is_file() and int(marker.read_text()) == steps:
         return export
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    _cli(["distill", "--config", f"distill/losses_{arm}", f"run.output_dir={run_dir}", f"run.seed={seed}",
-          f"run.max_steps={steps}", f"run.checkpoint_every={steps}", "run.resume=auto", *extra],
+    _cli(["distill", "--config", f"distill/losses_{arm[0]}", f"run.output_dir={run_dir}", f"run.seed={seed}",
+          f"run.max_steps={steps}", f"run.checkpoint_every={steps}", "run.resume=auto", *arm[1], *extra],
          run_dir / "train.log")  # fmt: skip
+    if export.exists():
+        import shutil
+
+        shutil.rmtree(export)
     _cli(["export", str(run_dir), str(export)], run_dir / "train.log")
-    (run_dir / "train_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
-    print(f"trained {arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    marker.write_text(f"{steps}\n")
+    seconds = run_dir / "train_seconds.txt"
+    before = float(seconds.read_text()) if seconds.is_file() else 0.0
+    seconds.write_text(f"{before + time.time() - t0:.1f}\n")
+    print(f"trained {name} seed {seed} to step {steps}: {time.time() - t0:.0f} s", flush=True)
     return export
 
 
-def train_all(arms, seeds, steps: int, out: Path, jobs: int, extra: list[str]) -> dict[tuple[str, int], Path]:
-    jobs_list = [(a, s) for a in reversed(arms) for s in seeds]  # the costliest arm first: the lanes end together
+def train_all(arms: dict, seeds, steps: int, out: Path, jobs: int, extra: list[str]) -> dict[tuple[str, int], Path]:
+    keys = [(a, s) for a in reversed(list(arms)) for s in seeds]  # the costliest arm first: the lanes end together
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {key: pool.submit(train_arm, *key, steps, out, extra) for key in jobs_list}
+        futures = {key: pool.submit(train_arm, key[0], arms[key[0]], key[1], steps, out, extra) for key in keys}
         return {key: f.result() for key, f in futures.items()}
+
+
+def seconds_per_step(out: Path, keys, batch_frames: int = 32, skip: int = 3) -> float:
+    """The slowest run's median step time (s) in its ``losses.jsonl`` (``frames_per_s`` of each logged step,
+    the first ``skip`` steps left out): with the runs side by side it includes their contention."""
+    worst = 0.0
+    for name, seed in keys:
+        rows = [json.loads(line) for line in (out / f"{name}_s{seed}" / "losses.jsonl").read_text().splitlines()]
+        fps = [r["frames_per_s"] for r in rows[skip:] if r.get("frames_per_s")]
+        if fps:
+            worst = max(worst, batch_frames / float(np.median(fps)))
+    return worst
+
+
+def budget_steps(args, arms: dict) -> int:
+    """``--train-seconds``: train every run to ``--pilot-steps`` side by side, time the slowest run's steps,
+    and return the step count that fits the rest of the budget (10% kept back; at most ``--steps``,
+    a multiple of 10). The pilot's runs are the real runs: the rest of the training resumes them."""
+    t0 = time.time()
+    train_all(arms, args.seeds, args.pilot_steps, args.out, args.jobs, args.train_args)
+    pilot = time.time() - t0
+    per_step = seconds_per_step(args.out, [(a, s) for a in arms for s in args.seeds])
+    overhead = max(0.0, pilot - args.pilot_steps * per_step)  # process start, data, export: paid again
+    left = args.train_seconds - pilot - overhead
+    steps = min(args.steps, args.pilot_steps + int(0.9 * left / max(per_step, 1e-6)) // 10 * 10)
+    steps = max(steps, args.pilot_steps)
+    print(f"pilot: {args.pilot_steps} steps in {pilot:.0f} s, {per_step:.3f} s/step (slowest run), overhead "
+          f"{overhead:.0f} s -> {steps} steps", flush=True)  # fmt: skip
+    return steps
 
 
 # --------------------------------------------------------------------------- 3. evaluate
@@ -166,7 +216,8 @@ def boundary(outputs: list[torch.Tensor], windows, width: float) -> float:
 
 
 def evaluate_draws(students: dict[str, torch.nn.Module], args) -> tuple[list[dict], dict]:
-    """[{method: metrics}] per noise draw, and the setup facts."""
+    """[{method: metrics}] per noise draw, and the setup facts. The windows are encoded on the CPU (the same
+    encodings and noise everywhere), then every model runs on ``args.device``."""
     import configs
     from distill.benchmark import evaluate, make_windows, student_method, teacher_method
     from scripts.bench_distill import heldout, measuring_syncnet
@@ -174,14 +225,18 @@ def evaluate_draws(students: dict[str, torch.nn.Module], args) -> tuple[list[dic
 
     cfg = configs.load("teacher/toy")
     unet, vae = freeze(configs.instantiate(cfg.unet)), freeze(configs.instantiate(cfg.vae))
+    dev = torch.device(args.device)
     data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, int(cfg.data.num_frames))
     syncnet, sync_window = measuring_syncnet(args.syncnet)
-    methods = {TEACHER: teacher_method(unet, 20)}
-    methods |= {name: student_method(stu, 1) for name, stu in students.items()}
+    if syncnet is not None:
+        syncnet.to(dev)
+    methods = {TEACHER: teacher_method(unet.to(dev), 20)}
+    methods |= {name: student_method(stu.to(dev), 1) for name, stu in students.items()}
     draws = []
     for k in range(args.draws):
-        windows = make_windows(data, vae, seed=0, noise_seed=None if k == 0 else 1000 + k)
-        res, outputs, truth = evaluate(methods, windows, vae, syncnet=syncnet, sync_window=sync_window)
+        windows = make_windows(data, vae.cpu(), seed=0, noise_seed=None if k == 0 else 1000 + k)
+        windows = [w.to(dev) for w in windows]
+        res, outputs, truth = evaluate(methods, windows, vae.to(dev), syncnet=syncnet, sync_window=sync_window)
         for name in methods:
             res[name]["boundary"] = boundary(outputs[name], windows, args.boundary_width)
         res["_ground_truth"]["boundary"] = boundary(truth, windows, args.boundary_width)
@@ -191,10 +246,10 @@ def evaluate_draws(students: dict[str, torch.nn.Module], args) -> tuple[list[dic
 
 
 # --------------------------------------------------------------------------- 4. summarise
-def summarize(draws: list[dict], seeds: list[int]) -> dict:
-    """Rows ``ARMS`` + ``teacher_ddim_20``: mean / std / seed_spread / draw_std / values per metric."""
+def summarize(draws: list[dict], seeds: list[int], arms=ARMS) -> dict:
+    """Rows ``arms`` + ``teacher_ddim_20``: mean / std / seed_spread / draw_std / values per metric."""
     rows = {}
-    for row in (*ARMS, TEACHER):
+    for row in (*arms, TEACHER):
         names = [TEACHER] if row == TEACHER else [f"{row}_s{s}" for s in seeds]
         if any(n not in draws[0] for n in names):
             continue
@@ -241,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the report here (docs/bench_losses.json)")
     p.add_argument("--steps", type=int, default=60, help="training steps of every arm")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--arms", nargs="+", default=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=list(ARMS),
+                   help="rows: an arm's name, or NAME=ARM:key=value,... (that arm's preset with overrides)")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time")
+    p.add_argument("--train-seconds", type=float, default=0.0,
+                   help="fit the steps to this training budget (a pilot of --pilot-steps first; --steps the most)")
+    p.add_argument("--pilot-steps", type=int, default=20)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the evaluation runs (training: the runs' own accelerate device)")
     p.add_argument("--train-args", nargs="*", default=[], help="extra key=value overrides of every arm")
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--clips", type=int, default=2)
@@ -267,10 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     import student as student_pkg
     from teacher.loading import freeze
 
-    exports = train_all(args.arms, args.seeds, args.steps, args.out, args.jobs, args.train_args)
+    arms = parse_arms(args.arms)
+    if args.train_seconds:
+        args.steps = budget_steps(args, arms)
+    exports = train_all(arms, args.seeds, args.steps, args.out, args.jobs, args.train_args)
     students = {f"{a}_s{s}": freeze(student_pkg.load(path)) for (a, s), path in exports.items()}
     draws, setup = evaluate_draws(students, args)
-    report |= summarize(draws, args.seeds)
+    report |= summarize(draws, args.seeds, tuple(arms))
     if cost_file.is_file():  # read at the end: a --cost-only run beside the training may have written it
         report["_cost"] = json.loads(cost_file.read_text())
     report["_verdict"] = verdict(report)
@@ -293,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
     print(f"{'row':18s}" + "".join(f"{m:>24s}" for m in METRICS))
-    for row in (*ARMS, TEACHER):
+    for row in (*arms, TEACHER):
         if row in report:
             cells = [f"{report[row][m]['mean']:.4f} ({report[row][m]['seed_spread']:.4f})" for m in METRICS]
             print(f"{row:18s}" + "".join(f"{c:>24s}" for c in cells))

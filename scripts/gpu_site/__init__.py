@@ -1,0 +1,1 @@
+"""Device harness of ``scripts/gpu_losses.sh``: see ``sitecustomize``."""
