@@ -13,6 +13,7 @@ from pathlib import Path
 VERSIONS = ("1.5", "1.6")
 VAE_REPO = "stabilityai/sd-vae-ft-mse"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+PROBE_TIMEOUT_S = 5.0  # seconds the first request may take before the hub counts as unreachable
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,10 @@ def fetch_teacher(
 ) -> list[Path]:
     """Download the official files through ``huggingface_hub``; already present files are kept.
 
-    Raises ``FetchError`` naming every file that could not be fetched and where to put it.
+    The hub is probed once first (one HEAD request, ``PROBE_TIMEOUT_S``, no retries): when it does not
+    answer, ``FetchError`` comes within seconds as one line instead of after ``hf_hub_download``'s
+    retries (about 20 s a file). Otherwise raises ``FetchError`` naming every file that could not be
+    fetched and where to put it.
     """
     files = teacher_files(version, root, syncnet)
     todo = files if force else missing_files(files)
@@ -68,6 +72,8 @@ def fetch_teacher(
     if todo:
         from huggingface_hub import hf_hub_download
         from tqdm import tqdm
+
+        _check_hub(todo)
 
         for f in tqdm(todo, desc=f"LatentSync-{version} files", unit="file"):
             try:
@@ -83,6 +89,33 @@ def fetch_teacher(
             + detail
         )
     return [f.local for f in files]
+
+
+def _check_hub(todo: list[TeacherFile]) -> None:
+    """One HEAD request for the first file through ``huggingface_hub`` (its endpoint, proxies, token and
+    offline mode), without its retries; FetchError (one line) when no HTTP answer comes back. An HTTP
+    error answer (401 gated, 404) means the hub is reachable: the downloads then report it per file."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    first = todo[0]
+    try:  # huggingface_hub >= 1.0: no retries unless retry_on_errors=True; 0.x never retried this call
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(first.repo, first.filename),
+                                             timeout=PROBE_TIMEOUT_S)
+    except HfHubHTTPError:
+        return
+    except Exception as err:  # refused, DNS, timeout, HF_HUB_OFFLINE=1
+        if isinstance(err, OfflineModeIsEnabled):
+            reason = "HF_HUB_OFFLINE is set"
+        else:
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        by_repo: dict[str, list[str]] = {}
+        for f in todo:
+            by_repo.setdefault(f.repo, []).append(str(f.local))
+        where = "; ".join(f"{', '.join(paths)} <- {repo}" for repo, paths in by_repo.items())
+        raise FetchError(f"cannot reach the model hub at {constants.ENDPOINT} ({reason}); nothing downloaded. "
+                         f"Copy the files by hand: {where}") from None
 
 
 def _place(downloaded: Path, target: Path) -> None:
