@@ -25,6 +25,7 @@ if [ "${1:-}" = "--pack" ]; then
   exit 0
 fi
 TRAIN=${1:-330}
+DEV=${DEV:-cuda} SEEDS=${SEEDS:-0 1 2} JOBS=${JOBS:-12} PILOT=${PILOT:-20}   # DEV=cpu SEEDS=0 JOBS=2 PILOT=2: a local dry run
 OUT=${OUT:-runs/gpu_losses_out}
 mkdir -p "$OUT"
 T0=$(date +%s)
@@ -34,11 +35,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 mkdir -p runs/gpu_losses runs/gpu_smoke
 tar xJf .gpu/losses_data.tar.xz
 cp -r runs/bench_losses/heldout runs/gpu_losses/ && cp -r runs/bench_losses/heldout runs/gpu_smoke/
-python3 - <<'PY' 2>&1 | tee -a "$OUT/console.log"
+DEV=$DEV python3 - <<'PY' 2>&1 | tee -a "$OUT/console.log"
+import os
 import configs
 from distill.data.dataset import encode_latents
 from teacher.loading import freeze
-vae = freeze(configs.instantiate(configs.load("teacher/toy").vae)).cuda()
+vae = freeze(configs.instantiate(configs.load("teacher/toy").vae)).to(os.environ["DEV"])
 print("encoded latents of", encode_latents("runs/losses_world", vae), "shards")
 PY
 pack() { tar czf "$OUT/runs.tar.gz" runs/gpu_losses/*/losses.jsonl runs/gpu_losses/*/train.log runs/gpu_smoke/*/train.log \
@@ -46,13 +48,13 @@ pack() { tar czf "$OUT/runs.tar.gz" runs/gpu_losses/*/losses.jsonl runs/gpu_loss
 trap pack EXIT
 echo "== smoke: 1 step of every arm ($(($(date +%s) - T0)) s)" | tee -a "$OUT/console.log"
 python3 -m scripts.bench_losses --steps 1 --seeds 0 --jobs 4 --draws 1 --clips 3 --seconds 1.6 --no-cost \
-  --out runs/gpu_smoke 2>&1 | tail -12 | tee -a "$OUT/console.log"
+  --device "$DEV" --out runs/gpu_smoke 2>&1 | tail -12 | tee -a "$OUT/console.log"
 echo "== arms x 3 seeds, ${TRAIN} s of training ($(($(date +%s) - T0)) s)" | tee -a "$OUT/console.log"
-python3 -m scripts.bench_losses --train-seconds "$TRAIN" --pilot-steps 20 --steps 5000 --seeds 0 1 2 --jobs 12 \
-  --draws 3 --clips 3 --seconds 1.6 --no-cost --out runs/gpu_losses --json "$OUT/bench_losses.json" \
+python3 -m scripts.bench_losses --train-seconds "$TRAIN" --pilot-steps "$PILOT" --steps 5000 --seeds $SEEDS --jobs "$JOBS" \
+  --draws 3 --clips 3 --seconds 1.6 --no-cost --device "$DEV" --out runs/gpu_losses --json "$OUT/bench_losses.json" \
   2>&1 | tee runs/gpu_losses/pilot.log | tail -30 | tee -a "$OUT/console.log"
 ELAPSED=$(($(date +%s) - T0))
 echo "== done at ${ELAPSED} s" | tee -a "$OUT/console.log"
-if [ "$ELAPSED" -lt 470 ]; then
+if [ "$ELAPSED" -lt 470 ] && [ "$DEV" = cuda ]; then
   timeout 100 python3 -m scripts.gpu_bench --out "$OUT/gpu_bench.json" --seconds 60 2>&1 | tail -20 | tee -a "$OUT/console.log" || true
 fi
