@@ -81,10 +81,20 @@ def save_state(
     config = {**dict(config), **({"source": dict(extra)} if extra else {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(tensors, str(out / f".{MODEL_FILE}.tmp"), metadata={"format": str(config["format"])})
+    os.chmod(out / f".{MODEL_FILE}.tmp", new_file_mode())  # safetensors creates its files 0600
     os.replace(out / f".{MODEL_FILE}.tmp", out / MODEL_FILE)
     (out / f".{CONFIG_FILE}.tmp").write_text(json.dumps(config, indent=1))
     os.replace(out / f".{CONFIG_FILE}.tmp", out / CONFIG_FILE)
     return out
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open()`` gives a new file: 0o666 less the process umask (0o644 under umask 022).
+    The umask is read by setting it, so it is set to 0o077 for that instant (a racing thread's file comes
+    out stricter, never wider)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

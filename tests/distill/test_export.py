@@ -76,6 +76,9 @@ def test_export_matches_the_in_memory_network(data_root, tmp_path, lora, adversa
     assert main(["export", str(run.out), str(out)]) == 0
     state = load_file(str(out / "model.safetensors"))
     config = json.loads((out / "config.json").read_text())
+    umask = os.umask(0o077)
+    os.umask(umask)
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o666 & ~umask}  # like any new file
     assert config["source"]["step"] == 2 and config["source"]["checkpoint"] == "step_0000002"
     assert not any("lora_" in k or "base_layer" in k for k in state)
     if adversarial:  # the discriminator is training state: in the checkpoint, never in the export
@@ -228,3 +231,22 @@ def test_export_copies_the_teachers_files(tmp_path):
     (out / "mask" / "mask.png").unlink()
     with pytest.raises(student.io.NotAnExportError, match="incomplete"):
         student.load_bundle(out)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_exported_files_honour_the_umask(tmp_path, umask):
+    """model.safetensors came out 0600 (safetensors creates its files so): the export's files get the mode an
+    ordinary new file gets, 0o666 less the umask (0644 under 022), so others can read a shared export."""
+    import student
+    from student.io import new_file_mode
+    from tests.student import tiny_teacher
+
+    net = StudentUNet.from_teacher(tiny_teacher())
+    old = os.umask(umask)
+    try:
+        assert new_file_mode() == 0o666 & ~umask and os.umask(umask) == umask  # the umask is left as it was
+        student.save(net, tmp_path / "export")
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "export").iterdir()}
+    assert modes == {"model.safetensors": 0o666 & ~umask, "config.json": 0o666 & ~umask}
