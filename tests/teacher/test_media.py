@@ -368,3 +368,15 @@ def test_nearest_frame_indices_with_start():
     # source at 0.3 s + i / 10; output frames from 0: the first source frame is held until it starts
     idx = nearest_frame_indices(0.3 + np.arange(3) / 10, 0.6, 10, start=0.0)
     np.testing.assert_array_equal(idx, [0, 0, 0, 0, 1, 2])
+
+
+def test_writer_module_imports_in_either_order():
+    """The writer lives in teacher.media_write (imports MediaError from teacher.media) and teacher.media re-exports
+    it lazily: importing either module first works, and both names are one object."""
+    for first in ("import teacher.media_write", "import teacher.media"):
+        code = (f"{first}\nfrom teacher.media import AAC_RATE, MediaError, VideoWriter, write_video\n"
+                "import teacher.media_write as w\n"
+                "assert (w.VideoWriter, w.write_video, w.AAC_RATE) == (VideoWriter, write_video, AAC_RATE)\n"
+                "assert w.MediaError is MediaError")
+        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr[-2000:]
