@@ -10,13 +10,16 @@ placeholder module (any use of it raises AttributeError).
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 
 try:
     import av  # noqa: F401
 except ImportError:
-    sys.modules["av"] = types.ModuleType("av")
+    _av = types.ModuleType("av")
+    _av.__spec__ = importlib.machinery.ModuleSpec("av", None)  # importlib.util.find_spec (diffusers) needs one
+    sys.modules["av"] = _av
 
 try:
     import decord  # noqa: F401
