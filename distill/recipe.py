@@ -233,7 +233,7 @@ def setup(cfg: DictConfig) -> Run:
     run = Run(cfg, acc, teacher, vae, wrapped, target, optimizer, scheduler, dataset, out,
               torch.Generator().manual_seed(_step_seed(int(cfg.run.seed), acc.process_index)),
               ckpt.RunState(world_size=acc.num_processes), alphas_cumprod().to(acc.device), val)  # fmt: skip
-    run.losses = build_losses(cfg.distill, feature_unet=teacher)
+    run.losses = build_losses(cfg.distill, feature_unet=teacher).to(acc.device)  # the loss networks beside the step
     run.disc_optimizer = build_disc_optimizer(run)
     run.resumed_from = ckpt.resume_path(cfg.run.get("resume"), out / "checkpoints")
     if run.resumed_from is not None:

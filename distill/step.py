@@ -166,6 +166,14 @@ class StepLosses:
         """{name: trainable discriminator module} of the adversarial terms (the recipe's second optimizer)."""
         return {name: term.loss.discriminator for name, term in self.aux.items() if term.adversarial}
 
+    def to(self, device: str | torch.device) -> StepLosses:
+        """Move every loss that holds a network (its ``to``: a SyncNet, LPIPS, a VideoMAE, a discriminator) to
+        ``device``, where the step's tensors are; returns self. Losses without a ``to`` hold no tensors."""
+        for loss in (self.consistency, *(term.loss for term in self.aux.values())):
+            if callable(getattr(loss, "to", None)):
+                loss.to(device)
+        return self
+
 
 def build_losses(cfg: Mapping[str, Any] | None, feature_unet: nn.Module | None = None) -> StepLosses:
     """Build ``cfg.consistency`` and the ``loss`` of every non-null ``cfg.aux`` entry with

@@ -159,6 +159,12 @@ class _Adversarial:
     def _inputs(self, x: torch.Tensor, context: dict) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
 
+    def to(self, *args, **kwargs) -> _Adversarial:
+        """Move (or cast) the discriminator (``torch.nn.Module.to`` arguments); returns self. A latent term's
+        feature extractor is not moved: it wraps the frozen teacher, which lives where the recipe put it."""
+        self.discriminator.to(*args, **kwargs)
+        return self
+
     def _logits(self, items: torch.Tensor, context: dict) -> list[torch.Tensor]:
         out = self.discriminator(items)
         return out if isinstance(out, (list, tuple)) else [out]

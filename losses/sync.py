@@ -81,6 +81,11 @@ class SyncLoss:
         v, a = self.syncnet(images, mel.to(device=param.device, dtype=param.dtype))
         return sync_bce(v, a, 1.0)
 
+    def to(self, *args, **kwargs) -> SyncLoss:
+        """Move (or cast) the SyncNet (``torch.nn.Module.to`` arguments); returns self."""
+        self.syncnet.to(*args, **kwargs)
+        return self
+
     def __repr__(self) -> str:
         return f"SyncLoss(resolution={self.resolution}, lower_half={self.lower_half})"
 

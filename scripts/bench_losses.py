@@ -125,7 +125,8 @@ def _cli(args: list[str], log: Path) -> None:
     with open(log, "a") as f:
         res = subprocess.run([sys.executable, "-m", "scripts.cli", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
     if res.returncode != 0:
-        raise RuntimeError(f"turbosync {' '.join(args[:3])} failed (rc {res.returncode}); see {log}")
+        tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-12:])
+        raise RuntimeError(f"turbosync {' '.join(args[:3])} failed (rc {res.returncode}); {log} ends:\n    {tail}")
 
 
 def parse_arms(arms: list[str]) -> dict[str, tuple[str, list[str]]]:
@@ -170,7 +171,10 @@ def train_all(arms: dict, seeds, steps: int, out: Path, jobs: int, extra: list[s
     keys = [(a, s) for a in reversed(list(arms)) for s in seeds]  # the costliest arm first: the lanes end together
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {key: pool.submit(train_arm, key[0], arms[key[0]], key[1], steps, out, extra) for key in keys}
-        return {key: f.result() for key, f in futures.items()}
+        failed = {key: f.exception() for key, f in futures.items() if f.exception() is not None}
+    if failed:  # every failed run with the end of its log, not only the first
+        raise RuntimeError("\n".join(f"{name} seed {seed}: {err}" for (name, seed), err in failed.items()))
+    return {key: f.result() for key, f in futures.items()}
 
 
 def seconds_per_step(out: Path, keys, batch_frames: int = 32, skip: int = 3) -> float:
@@ -209,7 +213,7 @@ def boundary(outputs: list[torch.Tensor], windows, width: float) -> float:
 
     frames, regions = [], []
     for out, win in zip(outputs, windows):
-        region = (win.mask[0, 0] < 0.5).numpy()  # [F, R, R] generated region
+        region = (win.mask[0, 0] < 0.5).cpu().numpy()  # [F, R, R] generated region (windows may be on a GPU)
         frames += [f.numpy() * 255.0 for f in out]
         regions += list(region)
     return boundary_visibility(frames, regions, width)

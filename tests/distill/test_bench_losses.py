@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from scripts.bench_losses import ARMS, METRICS, TEACHER, summarize, verdict
 
@@ -28,3 +29,77 @@ def test_rows_pool_seeds_and_draws_and_the_verdict_uses_the_seed_spread():
     assert v["mse_to_ground_truth_change"] == pytest.approx(1.0) and not v["mse_met"]  # +100% on this metric
     s = verdict(rows)["sync_vs_teacher_ddim_20"]
     assert s["difference"] == pytest.approx(0.2) and s["sync_seed_spread"] == pytest.approx(0.1)
+
+
+def test_arms_parse_as_presets_with_overrides():
+    from scripts.bench_losses import parse_arms
+
+    arms = parse_arms(["plain", "sync_w1=sync:distill.weights.sync=1.0,optim.lr=1e-4"])
+    assert arms == {"plain": ("plain", []), "sync_w1": ("sync", ["distill.weights.sync=1.0", "optim.lr=1e-4"])}
+    with pytest.raises(SystemExit, match="one of"):
+        parse_arms(["fast=turbo:x=1"])
+
+
+def test_seconds_per_step_is_the_slowest_runs_median_after_the_first_steps(tmp_path):
+    import json
+
+    from scripts.bench_losses import seconds_per_step
+
+    for name, fps in (("a_s0", [1.0, 1.0, 1.0, 8.0, 16.0, 8.0]), ("b_s0", [1.0, 1.0, 1.0, 4.0, 4.0, 64.0])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "losses.jsonl").write_text("".join(json.dumps({"frames_per_s": f}) + "\n" for f in fps))
+    # medians after 3 skipped steps: a 8 fps, b 4 fps -> 32 frames / 4 fps = 8 s for the slower run
+    assert seconds_per_step(tmp_path, [("a", 0), ("b", 0)]) == pytest.approx(8.0)
+    assert seconds_per_step(tmp_path, [("a", 0)]) == pytest.approx(4.0)
+
+
+def test_every_failed_run_is_reported_with_the_end_of_its_log(tmp_path, monkeypatch):
+    import scripts.bench_losses as bl
+
+    def fake(name, arm, seed, steps, out, extra):
+        if name == "plain":
+            return out / name
+        log = out / f"{name}.log"
+        log.write_text("".join(f"line {i}\n" for i in range(20)) + f"RuntimeError: {name} on the wrong device\n")
+        raise RuntimeError(f"{name}: " + log.read_text().splitlines()[-1])
+
+    monkeypatch.setattr(bl, "train_arm", fake)
+    with pytest.raises(RuntimeError) as err:
+        bl.train_all(bl.parse_arms(["plain", "sync", "all"]), [0, 1], 1, tmp_path, 2, [])
+    msg = str(err.value)
+    assert all(f"{a} seed {s}" in msg for a in ("sync", "all") for s in (0, 1)) and "plain seed" not in msg
+    # _cli itself: a failing command's error carries its log's last lines
+    log = tmp_path / "cli.log"
+    with pytest.raises(RuntimeError, match=r"(?s)failed \(rc 2\).*unknown-command"):
+        bl._cli(["unknown-command"], log)
+
+
+def test_window_to_moves_the_tensors_and_keeps_the_numpy_fields():
+    import numpy as np
+
+    from distill.benchmark import Window
+
+    t = torch.zeros(1, 1, 2, 4, 4)
+    w = Window(t, t, t, t, t, torch.zeros(1, 2, 50, 384), t, np.arange(2.0), np.zeros(1280), clip=3, start=8)
+    m = w.to("meta")
+    assert m is not w and all(v.device.type == "meta" for v in vars(m).values() if isinstance(v, torch.Tensor))
+    assert m.mouth_open is w.mouth_open and (m.clip, m.start) == (3, 8) and w.frames.device.type == "cpu"
+
+
+def test_a_prepared_heldout_set_is_reused_even_when_copied_elsewhere(tmp_path, monkeypatch):
+    import json
+
+    import distill.data
+    import distill.synthworld
+    from scripts.bench_distill import heldout
+
+    def refuse(*a, **k):
+        raise AssertionError("a prepared set was rebuilt")
+
+    monkeypatch.setattr(distill.synthworld, "synth_dataset", refuse)
+    monkeypatch.setattr(distill.data, "prepare", refuse)
+    monkeypatch.setattr(distill.data, "ClipDataset", lambda root, **kw: (root, kw))
+    (tmp_path / "report.json").write_text(json.dumps({"prepared": 3}))
+    assert heldout(tmp_path, 3, 1.6, 1000, 8) == (tmp_path, {"num_frames": 8, "reference": "same", "stride": 8})
+    with pytest.raises(AssertionError, match="rebuilt"):
+        heldout(tmp_path, 4, 1.6, 1000, 8)  # another clip count is another set

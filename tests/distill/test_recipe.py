@@ -286,3 +286,12 @@ def test_fresh_run_refuses_to_overwrite_checkpoints(data_root, tmp_path):
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(FileExistsError, match="resume=auto"):
         _train(tmp_path / "r", data_root, "run.max_steps=2", "run.resume=null")
+
+
+def test_setup_puts_the_loss_networks_on_the_accelerators_device(data_root, tmp_path, monkeypatch):
+    from distill.step import StepLosses
+
+    moved, real_to = [], StepLosses.to
+    monkeypatch.setattr(StepLosses, "to", lambda self, device: moved.append(device) or real_to(self, device))
+    run = recipe.setup(configs.load("distill/tiny", _overrides(tmp_path / "r", data_root, "run.max_steps=1")))
+    assert moved == [run.acc.device]

@@ -457,3 +457,30 @@ def test_latent_adversarial_on_frozen_teacher_features(teacher, student, batch):
     out["loss"].backward()
     assert student.guidance_embedding.linear.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def _held_tensors(obj, skip=("features",)) -> list[torch.Tensor]:
+    """Every parameter and buffer of the modules a loss holds (its attributes, one level; not ``skip``)."""
+    mods = [v for k, v in vars(obj).items() if isinstance(v, torch.nn.Module) and k not in skip]
+    return [t for m in mods for t in (*m.parameters(), *m.buffers())]
+
+
+@pytest.mark.parametrize("preset", ["distill/losses_all", "distill/losses_sync_adv"])
+def test_step_losses_move_every_loss_network_to_the_device(preset):
+    """A GPU run needs the SyncNet, LPIPS, VideoMAE and discriminators beside the step's tensors (a sync run once
+    failed on the GPU: its SyncNet stayed on the CPU). "meta" stands in for the accelerator's device."""
+    losses = build_losses(configs.load(preset).distill)
+    held = {name: _held_tensors(term.loss) for name, term in losses.aux.items() if name != "recon"}
+    assert all(held.values()) and {"sync", "adv"} <= held.keys()  # every network-holding term is checked
+    assert losses.to("meta") is losses
+    for name, term in losses.aux.items():
+        devices = {t.device.type for t in _held_tensors(term.loss)}
+        assert devices <= {"meta"}, f"{name}: {devices}"
+
+
+def test_latent_adversarial_moves_its_heads_not_the_shared_teacher(teacher):
+    node = {"loss": {"_target_": "losses.adversarial.LatentAdversarial", "channels": [32], "hidden": 8},
+            "inputs": {"x0": "x0"}, "real": "latents", "features": {"blocks": [0]}}  # fmt: skip
+    losses = build_losses({"weights": {"ladv": 0.1}, "aux": {"ladv": node}}, feature_unet=teacher).to("meta")
+    assert {p.device.type for p in losses.discriminators["ladv"].parameters()} == {"meta"}
+    assert {p.device.type for p in teacher.parameters()} == {"cpu"}  # the recipe places the teacher itself
