@@ -167,8 +167,13 @@ def train_arm(name: str, arm: tuple[str, list[str]], seed: int, steps: int, out:
     return export
 
 
+def train_order(arms: dict, seeds) -> list[tuple[str, int]]:
+    """The runs' (row, seed) keys in the order they start: the costliest arm first, so the lanes end together."""
+    return [(a, s) for a in reversed(list(arms)) for s in seeds]
+
+
 def train_all(arms: dict, seeds, steps: int, out: Path, jobs: int, extra: list[str]) -> dict[tuple[str, int], Path]:
-    keys = [(a, s) for a in reversed(list(arms)) for s in seeds]  # the costliest arm first: the lanes end together
+    keys = train_order(arms, seeds)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {key: pool.submit(train_arm, key[0], arms[key[0]], key[1], steps, out, extra) for key in keys}
         failed = {key: f.exception() for key, f in futures.items() if f.exception() is not None}
@@ -177,32 +182,43 @@ def train_all(arms: dict, seeds, steps: int, out: Path, jobs: int, extra: list[s
     return {key: f.result() for key, f in futures.items()}
 
 
-def seconds_per_step(out: Path, keys, batch_frames: int = 32, skip: int = 3) -> float:
-    """The slowest run's median step time (s) in its ``losses.jsonl`` (``frames_per_s`` of each logged step,
-    the first ``skip`` steps left out): with the runs side by side it includes their contention."""
-    worst = 0.0
+def seconds_per_step(out: Path, keys, batch_frames: int = 32, skip: int = 3) -> dict[tuple[str, int], float]:
+    """{run key: its median step time (s)} from its ``losses.jsonl`` (``frames_per_s`` of each logged step, the
+    first ``skip`` steps left out): with the runs side by side it includes their contention; 0 without steps."""
+    out_s = {}
     for name, seed in keys:
         rows = [json.loads(line) for line in (out / f"{name}_s{seed}" / "losses.jsonl").read_text().splitlines()]
         fps = [r["frames_per_s"] for r in rows[skip:] if r.get("frames_per_s")]
-        if fps:
-            worst = max(worst, batch_frames / float(np.median(fps)))
-    return worst
+        out_s[(name, seed)] = batch_frames / float(np.median(fps)) if fps else 0.0
+    return out_s
+
+
+def makespan(durations: list[float], jobs: int) -> float:
+    """Wall time of runs of ``durations`` (s), in that order, on a pool of ``jobs`` workers (each run starts on
+    the first free worker, as ``train_all``'s ThreadPoolExecutor does)."""
+    lanes = [0.0] * max(1, min(jobs, len(durations)))
+    for d in durations:
+        i = min(range(len(lanes)), key=lanes.__getitem__)
+        lanes[i] += d
+    return max(lanes)
 
 
 def budget_steps(args, arms: dict) -> int:
-    """``--train-seconds``: train every run to ``--pilot-steps`` side by side, time the slowest run's steps,
-    and return the step count that fits the rest of the budget (10% kept back; at most ``--steps``,
-    a multiple of 10). The pilot's runs are the real runs: the rest of the training resumes them."""
+    """``--train-seconds``: train every run to ``--pilot-steps`` (the pool of ``--jobs`` as the real training),
+    time each run's steps, and return the step count that fits the rest of the budget (10% kept back; at most
+    ``--steps``, a multiple of 10). One step of every run costs the pool's makespan of their step times (runs
+    beyond ``--jobs`` wait for a free worker). The pilot's runs are the real runs: the rest resumes them."""
     t0 = time.time()
     train_all(arms, args.seeds, args.pilot_steps, args.out, args.jobs, args.train_args)
     pilot = time.time() - t0
-    per_step = seconds_per_step(args.out, [(a, s) for a in arms for s in args.seeds])
+    per_run = seconds_per_step(args.out, train_order(arms, args.seeds))
+    per_step = makespan(list(per_run.values()), args.jobs)
     overhead = max(0.0, pilot - args.pilot_steps * per_step)  # process start, data, export: paid again
     left = args.train_seconds - pilot - overhead
     steps = min(args.steps, args.pilot_steps + int(0.9 * left / max(per_step, 1e-6)) // 10 * 10)
     steps = max(steps, args.pilot_steps)
-    print(f"pilot: {args.pilot_steps} steps in {pilot:.0f} s, {per_step:.3f} s/step (slowest run), overhead "
-          f"{overhead:.0f} s -> {steps} steps", flush=True)  # fmt: skip
+    print(f"pilot: {args.pilot_steps} steps in {pilot:.0f} s; one step of every run {per_step:.2f} s on {args.jobs} "
+          f"workers, overhead {overhead:.0f} s -> {steps} steps", flush=True)  # fmt: skip
     return steps
 
 

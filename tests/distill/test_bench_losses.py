@@ -48,9 +48,17 @@ def test_seconds_per_step_is_the_slowest_runs_median_after_the_first_steps(tmp_p
     for name, fps in (("a_s0", [1.0, 1.0, 1.0, 8.0, 16.0, 8.0]), ("b_s0", [1.0, 1.0, 1.0, 4.0, 4.0, 64.0])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "losses.jsonl").write_text("".join(json.dumps({"frames_per_s": f}) + "\n" for f in fps))
-    # medians after 3 skipped steps: a 8 fps, b 4 fps -> 32 frames / 4 fps = 8 s for the slower run
-    assert seconds_per_step(tmp_path, [("a", 0), ("b", 0)]) == pytest.approx(8.0)
-    assert seconds_per_step(tmp_path, [("a", 0)]) == pytest.approx(4.0)
+    # medians after 3 skipped steps: a 8 fps, b 4 fps -> 32 frames / fps
+    assert seconds_per_step(tmp_path, [("a", 0), ("b", 0)]) == {("a", 0): 4.0, ("b", 0): 8.0}
+
+
+def test_one_step_of_every_run_costs_the_pools_makespan():
+    from scripts.bench_losses import makespan, parse_arms, train_order
+
+    assert makespan([10, 10, 7, 7, 6, 6, 5, 5], 8) == 10  # every run side by side (the GPU): the slowest
+    assert makespan([10, 10, 7, 7, 6, 6, 5, 5], 2) == 28  # 2 workers: each takes one seed of every arm
+    assert makespan([10, 1, 1, 1], 2) == 10 and makespan([3.0], 4) == 3.0
+    assert train_order(parse_arms(["plain", "sync", "all"]), [0, 1])[:3] == [("all", 0), ("all", 1), ("sync", 0)]
 
 
 def test_every_failed_run_is_reported_with_the_end_of_its_log(tmp_path, monkeypatch):
