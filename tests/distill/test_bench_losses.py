@@ -27,6 +27,12 @@ def test_rows_pool_seeds_and_draws_and_the_verdict_uses_the_seed_spread():
     v = verdict(rows)["sync_adv_vs_plain"]
     assert v["sync_score_gain"] == pytest.approx(0.3) and v["sync_met"]  # 0.3 > spread 0.1
     assert v["mse_to_ground_truth_change"] == pytest.approx(1.0) and not v["mse_met"]  # +100% on this metric
+    # sharpness (sharpness is relative to the ground truth, 1.0): plain 0.3, teacher 0.6 -> gap 0.3 > spread 0.1
+    assert v["sharpness_gap_to_teacher"]["plain"] == pytest.approx(0.3) and v["sharpness_claim_reachable"]
+    assert v["sharpness_met"] and v["sharpness_gap_to_ground_truth"]["sync_adv"] == pytest.approx(0.4)
+    near = {**vals, TEACHER: [0.25, 0.3, 0.35]}  # the teacher as sharp as plain: nothing left to close
+    v = verdict(summarize(_draws(near), [0, 1]))["sync_adv_vs_plain"]
+    assert not v["sharpness_claim_reachable"] and not v["sharpness_met"]
     s = verdict(rows)["sync_vs_teacher_ddim_20"]
     assert s["difference"] == pytest.approx(0.2) and s["sync_seed_spread"] == pytest.approx(0.1)
 
