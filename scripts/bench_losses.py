@@ -260,9 +260,34 @@ def evaluate_draws(students: dict[str, torch.nn.Module], args) -> tuple[list[dic
         for name in methods:
             res[name]["boundary"] = boundary(outputs[name], windows, args.boundary_width)
         res["_ground_truth"]["boundary"] = boundary(truth, windows, args.boundary_width)
+        if k == 0:
+            picture(outputs, truth, args.out / "bench_losses.png")
         draws.append(res)
         print(f"noise draw {k + 1}/{args.draws} done", flush=True)
     return draws, {"heldout_windows": len(windows), "frames_per_window": int(cfg.data.num_frames)}
+
+
+def picture(outputs: dict[str, list[torch.Tensor]], truth: list[torch.Tensor], path: Path, windows=(0, 5, 10),
+            frames: int = 4) -> None:
+    """A strip per row (the ground truth, then every method): the lower half of the first ``frames`` frames of
+    each of ``windows``, side by side; outputs ``[F, R, R, 3]`` in [0, 1] as ``evaluate`` keeps them."""
+    from PIL import Image, ImageDraw
+
+    rows = [("ground truth", truth), *outputs.items()]
+    r = truth[0].shape[1]
+    label = 110
+    strips = []
+    for name, outs in rows:
+        tiles = [outs[w][f, r // 2:].numpy() for w in windows if w < len(outs) for f in range(frames)]
+        strip = (np.concatenate(tiles, axis=1).clip(0, 1) * 255).round().astype(np.uint8)
+        img = Image.new("RGB", (label + strip.shape[1], strip.shape[0]), "white")
+        img.paste(Image.fromarray(strip), (label, 0))
+        ImageDraw.Draw(img).text((4, strip.shape[0] // 2 - 6), name, fill="black")
+        strips.append(img)
+    sheet = Image.new("RGB", (strips[0].width, sum(s.height for s in strips)), "white")
+    for i, s in enumerate(strips):
+        sheet.paste(s, (0, i * s.height))
+    sheet.save(path)
 
 
 # --------------------------------------------------------------------------- 4. summarise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,17 @@ def test_a_prepared_heldout_set_is_reused_even_when_copied_elsewhere(tmp_path, m
     assert heldout(tmp_path, 3, 1.6, 1000, 8) == (tmp_path, {"num_frames": 8, "reference": "same", "stride": 8})
     with pytest.raises(AssertionError, match="rebuilt"):
         heldout(tmp_path, 4, 1.6, 1000, 8)  # another clip count is another set
+
+
+def test_picture_has_a_labelled_strip_per_row(tmp_path):
+    from PIL import Image
+
+    from scripts.bench_losses import picture
+
+    truth = [torch.rand(8, 32, 32, 3) for _ in range(11)]
+    outs = {"plain_s0": [t * 0.5 for t in truth], TEACHER: [t.flip(1) for t in truth]}
+    picture(outs, truth, tmp_path / "p.png")
+    img = Image.open(tmp_path / "p.png")
+    assert img.size == (110 + 3 * 4 * 32, 3 * 16)  # 3 windows x 4 frames of 32 px; 3 rows of half faces
+    px = np.asarray(img)[16:32, 110:142] / 255.0  # plain_s0, window 0, frame 0: half the truth's lower half
+    assert np.abs(px - (truth[0][0, 16:].numpy() * 0.5)).max() < 1 / 255 + 1e-6
