@@ -35,6 +35,9 @@ PY
 fi
 TRAIN=${1:-330}
 DEV=${DEV:-cuda} SEEDS=${SEEDS:-0 1} JOBS=${JOBS:-8} PILOT=${PILOT:-20}   # DEV=cpu SEEDS=0 JOBS=2 PILOT=2: a local dry run
+# extra rows beside the 4 contract arms, as bench_losses --arms NAME=ARM:key=value (e.g. the two-item anchor of
+# BENCHMARKS 13: EXTRA_ARMS="plain_a2=plain:distill.anchor.samples=2 sync_adv_a2=sync_adv:distill.anchor.samples=2")
+EXTRA_ARMS=${EXTRA_ARMS:-}
 OUT=${OUT:-runs/gpu_losses_out}
 mkdir -p "$OUT"
 T0=$(date +%s)
@@ -60,6 +63,7 @@ python3 -m scripts.bench_losses --steps 1 --seeds 0 --jobs 4 --draws 1 --clips 3
   --device "$DEV" --out runs/gpu_smoke 2>&1 | tail -12 | tee -a "$OUT/console.log"
 echo "== arms x seeds ($SEEDS), ${TRAIN} s of training ($(($(date +%s) - T0)) s)" | tee -a "$OUT/console.log"
 python3 -m scripts.bench_losses --train-seconds "$TRAIN" --pilot-steps "$PILOT" --steps 5000 --seeds $SEEDS --jobs "$JOBS" \
+  --arms plain sync sync_adv all $EXTRA_ARMS \
   --draws 3 --clips 3 --seconds 1.6 --no-cost --device "$DEV" --out runs/gpu_losses --json "$OUT/bench_losses.json" \
   2>&1 | tee runs/gpu_losses/pilot.log | tail -30 | tee -a "$OUT/console.log"
 ELAPSED=$(($(date +%s) - T0))
