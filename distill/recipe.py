@@ -119,20 +119,31 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
 
 
 def ensure_data(cfg: DictConfig, tcfg: DictConfig, vae: nn.Module) -> Path:
-    """``data.root`` with shards and latent caches: a synthetic set is built when it has no shards."""
-    root, syn = Path(cfg.data.root), cfg.data.synthetic
-    has_shards = (root / "shards").is_dir() and bool(list_shards(root))
-    if not has_shards:
-        if syn is None:
-            raise FileNotFoundError(f"{root} has no shards and data.synthetic is null: run `turbosync prepare` first")
-        from distill.synthworld import synth_dataset
+    """``data.root`` with shards and latent caches: a synthetic set is built when it has no shards.
 
-        synth_dataset(root / "synthetic_src", clips=int(syn.clips), resolution=int(syn.resolution),
-                      seconds=float(syn.seconds), seed=int(syn.seed))  # fmt: skip
-        whisper = tcfg.get("files", {}).get("whisper")
-        prep = PrepareConfig(resolution=int(cfg.data.resolution), min_frames=int(cfg.data.num_frames), whisper=whisper)
-        prepare(root / "synthetic_src", root, prep)
-    encode_latents(root, vae)
+    Runs that share a data root (``scripts/bench_losses --jobs 2`` on a fresh machine) take turns: an
+    inter-process lock (``filelock``, ``DATA_ROOT/.ensure_data.lock``) is held while the set is built and its
+    latents cached, so the second run finds them made instead of racing the first over the same files.
+    """
+    from filelock import FileLock
+
+    root, syn = Path(cfg.data.root), cfg.data.synthetic
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / ".ensure_data.lock"):
+        has_shards = (root / "shards").is_dir() and bool(list_shards(root))
+        if not has_shards:
+            if syn is None:
+                raise FileNotFoundError(f"{root} has no shards and data.synthetic is null: "
+                                        "run `turbosync prepare` first")
+            from distill.synthworld import synth_dataset
+
+            synth_dataset(root / "synthetic_src", clips=int(syn.clips), resolution=int(syn.resolution),
+                          seconds=float(syn.seconds), seed=int(syn.seed))  # fmt: skip
+            whisper = tcfg.get("files", {}).get("whisper")
+            prep = PrepareConfig(resolution=int(cfg.data.resolution), min_frames=int(cfg.data.num_frames),
+                                 whisper=whisper)  # fmt: skip
+            prepare(root / "synthetic_src", root, prep)
+        encode_latents(root, vae)
     return root
 
 

@@ -205,7 +205,7 @@ def encode_latents(root: str | Path, vae, mask: np.ndarray | None = None, batch:
                 stds.append(dist.std.float().cpu())
             stats[f"{key}_mean"] = torch.cat(means).numpy().astype(np.float16)
             stats[f"{key}_std"] = torch.cat(stds).numpy().astype(np.float16)
-        tmp = shard.path / "latents.tmp.npz"
+        tmp = shard.path / f".latents.{os.getpid()}.npz"  # per process: runs sharing a data root may race here
         np.savez(tmp, scaling_factor=np.float32(vae.scaling_factor), shift_factor=np.float32(vae.shift_factor), **stats)
         tmp.replace(target)
     return len(shards)

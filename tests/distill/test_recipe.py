@@ -60,6 +60,42 @@ def _losses(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "losses.jsonl").read_text().splitlines()]
 
 
+def test_runs_sharing_a_data_root_take_turns_building_it(tmp_path):
+    """Two runs started at once on a fresh data root (bench_losses --jobs 2) raced over the same cache files and one
+    failed; ensure_data now holds DATA_ROOT/.ensure_data.lock while it builds: a second caller waits for it."""
+    import threading
+
+    from filelock import FileLock
+
+    from distill.data.dataset import list_shards
+
+    root = tmp_path / "data"
+    cfg = configs.load("distill/tiny", [f"data.root={root}"])
+    tcfg = recipe.teacher_config(cfg)
+    vae = configs.instantiate(tcfg.vae)
+    root.mkdir()
+    held = FileLock(root / ".ensure_data.lock")
+    held.acquire()  # another run building the set
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            recipe.ensure_data(cfg, tcfg, vae)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(1.0)
+    assert worker.is_alive() and [p.name for p in root.iterdir()] == [".ensure_data.lock"]  # waiting, nothing written
+    held.release()
+    worker.join(timeout=600)
+    assert not worker.is_alive() and not errors
+    shards = list_shards(root)
+    assert len(shards) == 2 and all((s.path / "latents.npz").is_file() for s in shards)
+    assert not list(root.glob("shards/*/.latents.*"))  # the per-process temporaries were renamed into place
+
+
 # ------------------------------------------------------------------ units
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.stem)
 def test_deepspeed_configs_build_the_plugin(path):
