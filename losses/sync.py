@@ -58,7 +58,14 @@ class SyncLoss:
     Call:
         frames: ``[B, 3, F, H, W]`` decoded pixels in [-1, 1] (VAE output layout).
         mel: ``[B, 1, 80, T]`` SyncNet mel windows of the same frames (``losses.mel.mel_window``).
-    Returns ``[B]`` float32, ``-log cos(v, a)``.
+        real_frames: optional ``[B, 3, F, H, W]``, the real frames of the same windows. Given, the loss is
+            relative to them: ``max(0, L(frames) - L(real_frames))``, the real frames' value without gradient.
+            The reward then stops where a generated window scores as well as its real frames: below that level
+            the supervising net has no evidence of a better mouth, and descending it further moved the toy
+            world's outputs away from the true mouth (``scripts/probe_sync_reward``, BENCHMARKS section 14).
+            Not in LatentSync (its loss is absolute); this codebase's own variant.
+    Returns ``[B]`` float32, ``-log cos(v, a)`` (or its excess over the real frames').
+    Raises ValueError when ``real_frames`` and ``frames`` differ in shape.
     """
 
     def __init__(self, syncnet: nn.Module, resolution: int | None = None, lower_half: bool = True,
@@ -75,7 +82,18 @@ class SyncLoss:
         b, c, f = frames.shape[:3]
         return x.reshape(b, f * c, *x.shape[-2:])  # b (f c) h' w'
 
-    def __call__(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def __call__(self, frames: torch.Tensor, mel: torch.Tensor,
+                 real_frames: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        loss = self._bce(frames, mel)
+        if real_frames is None:
+            return loss
+        if real_frames.shape != frames.shape:
+            raise ValueError(f"real_frames {tuple(real_frames.shape)} must match frames {tuple(frames.shape)}")
+        with torch.no_grad():
+            floor = self._bce(real_frames, mel)
+        return torch.relu(loss - floor)
+
+    def _bce(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         param = next(self.syncnet.parameters())
         images = self.images(frames).to(param.dtype)
         v, a = self.syncnet(images, mel.to(device=param.device, dtype=param.dtype))

@@ -61,6 +61,25 @@ def test_sync_loss_on_frames(toy_loss):
     assert not toy_loss.syncnet.training
 
 
+def test_sync_loss_relative_to_real_frames(toy_loss):
+    g = torch.Generator().manual_seed(2)
+    frames = (torch.rand(3, 3, 8, 128, 128, generator=g) * 2 - 1).requires_grad_(True)
+    real = torch.rand(3, 3, 8, 128, 128, generator=g) * 2 - 1
+    real[1] = frames[1].detach()  # item 1: the generated window is its own real frames -> on the floor
+    mel = torch.rand(3, 1, 80, 26, generator=g) * 8 - 4
+    with torch.no_grad():
+        absolute, floor = toy_loss(frames, mel), toy_loss(real, mel)
+    out = toy_loss(frames, mel, real_frames=real)
+    torch.testing.assert_close(out.detach(), (absolute - floor).clamp_min(0))  # max(0, L(gen) - L(real))
+    assert out[1] == 0 and (out > 0).any()
+    out.sum().backward()
+    for b in range(3):  # gradient exactly where the generated window scores worse than its real frames
+        assert (frames.grad[b].abs().sum() > 0) == bool(absolute[b] > floor[b])
+    assert frames.grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="must match"):
+        toy_loss(frames, mel, real_frames=real[:2])
+
+
 def test_sync_loss_resizes_larger_faces(toy_loss):
     frames = torch.rand(1, 3, 8, 256, 256) * 2 - 1
     mel = torch.zeros(1, 1, 80, 26)

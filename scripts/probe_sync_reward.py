@@ -1,0 +1,182 @@
+"""Where does the sync reward's gradient move a 1-step output? A probe with no training (issue 13).
+
+    python -m scripts.probe_sync_reward --out runs/probe_sync_reward --json docs/probe_sync_reward.json
+
+BENCHMARKS 12-13: students trained with the sync reward (``losses.SyncLoss`` with the supervising toy SyncNet on
+the decoded 1-step x0) score a higher LSE-C with the *held-out* SyncNet than plain students, but a lower
+``sync_score`` (the world's own ``measure_mouth`` against the true mouth opening). Training adds noise, EMA and
+the other terms; this probe isolates the reward's direction. For each held-out window (as ``scripts/bench_losses``:
+3 synthetic clips of 1.6 s, seed 1000, 15 windows of 8 frames at 128 px) it starts from a latent ``z``:
+
+    student   the committed 1-step student's x0 (``assets/toy_student``), what the reward acts on in training
+    truth     the VAE encoding of the real frames (the mouth is right: any move is a move away)
+
+and descends the reward itself on ``z`` (Adam, ``--lr``, ``--steps``): ``L = mean_b SyncLoss(decode(z_b), mel_b)``
+(each window's own mel, ``-log cos`` with the supervising net); with ``--relative`` also the relative form
+``max(0, L(decode(z_b)) - L(real frames_b))`` (``SyncLoss(real_frames=...)``). Every ``--every`` steps, on the
+decoded and pasted frames (the pipeline's composite, as ``distill.benchmark.evaluate``): the reward (mean over the
+windows), ``sync_score``, the held-out net's LSE-C / LSE-D, sharpness and mse_to_ground_truth. ``--syncnets`` runs
+the probe once per supervising net (e.g. a retrained one) on the same windows and starts.
+
+If the reward were a mouth reading, descending it from the student would raise ``sync_score``; if it rewards what
+the two toy SyncNets share and the mouth opening does not, LSE-C rises while ``sync_score`` falls. Writes
+``--json`` (every trace) and ``OUT/probe_<net>_<start>.png`` (the lower half of 4 frames of 3 windows at steps 0,
+steps/2 and steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def load_windows(args):
+    """(windows, mel [N, 1, 80, T], data config) on the held-out clips, the bench's encodings and noise."""
+    import configs
+    from distill.benchmark import make_windows
+    from distill.data import ClipDataset
+    from scripts.bench_distill import heldout
+
+    cfg = configs.load("teacher/toy")
+    f = int(cfg.data.num_frames)
+    data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, f)
+    mel_data = ClipDataset(args.out / "heldout", num_frames=f, reference="same", stride=f, mel=True)
+    vae = configs.instantiate(cfg.vae).eval().requires_grad_(False)
+    unet = configs.instantiate(cfg.unet).eval().requires_grad_(False)
+    windows = make_windows(data, vae, seed=0)
+    mel = torch.stack([mel_data[i]["mel"] for i in range(len(windows))])
+    return windows, mel, vae, unet
+
+
+def measure(z: torch.Tensor, windows, mel, vae, reward, syncnet, sync_window, real=None) -> dict:
+    """Metrics of latents ``z [N, 4, F, h, h]`` (one row per window) as ``distill.benchmark.evaluate`` scores them."""
+    from distill.benchmark import decode_paste, laplacian_energy, lse_metrics, pearson
+    from distill.synthworld import LOWER_HALF_REGION, measure_mouth
+
+    with torch.no_grad():
+        reward_value = float(reward(vae.decode(z), mel, real_frames=real).mean())
+        outs = [decode_paste(vae, z[i : i + 1], w) for i, w in enumerate(windows)]
+    truth = [((w.frames[0].permute(1, 2, 3, 0) + 1) / 2) for w in windows]
+    regions = [(1 - w.mask[0, 0]).bool() for w in windows]
+    measured = np.concatenate([measure_mouth((o.numpy() * 255).round().astype(np.uint8), region=LOWER_HALF_REGION)
+                               for o in outs])  # fmt: skip
+    gt_open = np.concatenate([w.mouth_open for w in windows])
+    gt_sharp = np.mean([laplacian_energy(t) for t in truth])
+    out = {
+        "reward": reward_value,
+        "sync_score": pearson(measured, gt_open),
+        "mouth_mean": float(measured.mean()),
+        "sharpness": float(np.mean([laplacian_energy(o) for o in outs]) / gt_sharp),
+        "mse_to_ground_truth": float(np.mean([((o - t).square().mean(-1))[m].mean().item()
+                                              for o, t, m in zip(outs, truth, regions)])),  # fmt: skip
+    }
+    out |= lse_metrics(outs, windows, syncnet, sync_window)
+    return out, outs
+
+
+def descend(z0: torch.Tensor, windows, mel, vae, reward, syncnet, sync_window, args, real=None):
+    """Adam on ``z`` against the reward (relative to the real frames ``real`` when given); the metrics every
+    ``args.every`` steps; the outputs at 0, steps/2, steps. Returns (trace, {step: outputs})."""
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=args.lr)
+    trace, shots = [], {}
+    for k in range(args.steps + 1):
+        if k % args.every == 0 or k == args.steps:
+            row, outs = measure(z.detach(), windows, mel, vae, reward, syncnet, sync_window, real)
+            row["step"] = k
+            row["latent_change"] = float((z.detach() - z0).square().mean().sqrt())
+            trace.append(row)
+            print(f"  step {k:3d}: " + "  ".join(f"{m} {row[m]:.4f}" for m in
+                  ("reward", "sync_score", "lse_c", "lse_d", "sharpness", "mse_to_ground_truth")), flush=True)
+            if k in (0, args.steps // 2 // args.every * args.every, args.steps):
+                shots[k] = outs
+        if k == args.steps:
+            break
+        opt.zero_grad()
+        reward(vae.decode(z), mel, real_frames=real).mean().backward()
+        opt.step()
+    return trace, shots
+
+
+def picture(shots: dict[int, list[torch.Tensor]], truth: list[torch.Tensor], path: Path) -> None:
+    from scripts.bench_losses import picture as sheet
+
+    sheet({f"step {k}": v for k, v in shots.items()}, truth, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--syncnets", nargs="+", default=["assets/syncnet_toy_supervise/syncnet.yaml"],
+                   help="supervising SyncNet presets / YAMLs (files.syncnet = weights); one probe each")
+    p.add_argument("--syncnet", default="assets/syncnet_toy_measure/syncnet.yaml", help="held-out (measuring) net")
+    p.add_argument("--student", default="assets/toy_student")
+    p.add_argument("--starts", nargs="+", default=["student", "truth"], choices=["student", "truth"])
+    p.add_argument("--relative", action="store_true",
+                   help="also descend the relative reward (SyncLoss with real_frames: excess over the real frames')")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--every", type=int, default=10)
+    p.add_argument("--lr", type=float, default=0.02, help="Adam step on the latents (their std is ~1)")
+    p.add_argument("--clips", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=1.6)
+    p.add_argument("--heldout-seed", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=Path("runs/probe_sync_reward"))
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.every < 1:
+        raise SystemExit("--steps and --every must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    import student as student_pkg
+    from distill.benchmark import student_method
+    from losses.sync import SyncLoss
+    from scripts.bench_distill import measuring_syncnet
+
+    t0 = time.perf_counter()
+    windows, mel, vae, unet = load_windows(args)
+    syncnet, sync_window = measuring_syncnet(args.syncnet)
+    starts = {}
+    with torch.no_grad():
+        if "student" in args.starts:
+            from teacher.loading import freeze
+
+            run = student_method(freeze(student_pkg.load(args.student)), 1)
+            starts["student"] = torch.cat([run(w) for w in windows])
+        if "truth" in args.starts:
+            g = torch.Generator().manual_seed(0)
+            starts["truth"] = torch.cat([vae.encode(w.frames, generator=g) for w in windows])
+    truth = [((w.frames[0].permute(1, 2, 3, 0) + 1) / 2) for w in windows]
+    result = {"_setup": {"windows": len(windows), "frames_per_window": int(windows[0].frames.shape[2]),
+                         "steps": args.steps, "lr": args.lr, "every": args.every, "measuring_syncnet": args.syncnet,
+                         "student": args.student, "machine": platform.processor() or platform.machine(),
+                         "threads": torch.get_num_threads()}}  # fmt: skip
+    for spec in args.syncnets:
+        net, win = measuring_syncnet(spec)
+        reward = SyncLoss(net, resolution=win.resolution, lower_half=win.lower_half, gradient_checkpointing=False)
+        name = Path(spec).parent.name or Path(spec).stem
+        real = torch.cat([w.frames for w in windows])
+        for start, z0 in starts.items():
+            for form in ("absolute", "relative") if args.relative else ("absolute",):
+                key = f"{name}/{start}" + ("/relative" if form == "relative" else "")
+                print(f"{key}:", flush=True)
+                trace, shots = descend(z0, windows, mel, vae, reward, syncnet, sync_window, args,
+                                       real if form == "relative" else None)  # fmt: skip
+                result[key] = trace
+                picture(shots, truth, args.out / f"probe_{key.replace('/', '_')}.png")
+    result["_setup"]["seconds"] = time.perf_counter() - t0
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

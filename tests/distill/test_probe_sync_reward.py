@@ -1,0 +1,40 @@
+"""scripts.probe_sync_reward end to end on one short held-out clip: traces, the relative form, the pictures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts.probe_sync_reward import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_probe_descends_the_reward_and_reports_every_metric(tmp_path):
+    out = tmp_path / "probe"
+    assert main(["--steps", "2", "--every", "1", "--clips", "1", "--seconds", "0.64", "--relative", "--threads", "2",
+                 "--out", str(out), "--json", str(tmp_path / "probe.json")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "probe.json").read_text())
+    keys = {f"syncnet_toy_supervise/{s}{r}" for s in ("student", "truth") for r in ("", "/relative")}
+    assert keys <= report.keys() and report["_setup"]["windows"] == 2
+    for key in keys:
+        trace = report[key]
+        assert [row["step"] for row in trace] == [0, 1, 2]
+        assert {"reward", "sync_score", "lse_c", "lse_d", "sharpness", "mse_to_ground_truth"} <= trace[0].keys()
+        assert trace[0]["latent_change"] == 0 and trace[-1]["latent_change"] > 0
+        assert (out / f"probe_{key.replace('/', '_')}.png").is_file()
+    student = report["syncnet_toy_supervise/student"]
+    assert student[-1]["reward"] < student[0]["reward"]  # the descent lowers the reward it descends
+    # relative form: the excess over the real frames' own loss, so below the absolute value and >= 0; from the
+    # VAE encoding of the real frames it starts near 0 and the mouth hardly moves
+    for start in ("student", "truth"):
+        rel, ab = report[f"syncnet_toy_supervise/{start}/relative"], report[f"syncnet_toy_supervise/{start}"]
+        assert 0 <= rel[0]["reward"] < ab[0]["reward"]
+    truth = report["syncnet_toy_supervise/truth"]
+    assert truth[0]["sync_score"] > 0.9 and truth[0]["mse_to_ground_truth"] < 0.002
+
+
+def test_probe_refuses_zero_steps(tmp_path):
+    with pytest.raises(SystemExit, match=">= 1"):
+        main(["--steps", "0", "--out", str(tmp_path)])
