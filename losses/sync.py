@@ -54,6 +54,11 @@ class SyncLoss:
             before the lower half is cut; ``None`` keeps their size (256 for the official net).
         lower_half: give SyncNet only the lower half of each face (``data.lower_half``, true upstream).
         gradient_checkpointing: recompute SyncNet's blocks in the backward pass (upstream: on).
+        negatives: also push each generated window away from the audio of another window of the batch (the
+            previous one, ``a.roll(1)``): ``+ BCE(cos(v_b, a_{b-1}), y = 0)``, the off-sync pair of the SyncNet's
+            own training objective (LatentSync ``SyncNetDataset``, y = 0). A change of the frames that raises
+            ``cos(v, a)`` for any audio (an audio-agnostic gain) then earns nothing. Needs B >= 2. Not in
+            LatentSync's stage-2 loss (positive pairs only); this codebase's own variant.
 
     Call:
         frames: ``[B, 3, F, H, W]`` decoded pixels in [-1, 1] (VAE output layout).
@@ -64,17 +69,19 @@ class SyncLoss:
             the supervising net has no evidence of a better mouth, and descending it further moved the toy
             world's outputs away from the true mouth (``scripts/probe_sync_reward``, BENCHMARKS section 14).
             Not in LatentSync (its loss is absolute); this codebase's own variant.
-    Returns ``[B]`` float32, ``-log cos(v, a)`` (or its excess over the real frames').
-    Raises ValueError when ``real_frames`` and ``frames`` differ in shape.
+    Returns ``[B]`` float32, ``-log cos(v, a)`` (``- log(1 - cos(v_b, a_{b-1}))`` added with ``negatives``; the
+    excess over the real frames' value of the same with ``real_frames``).
+    Raises ValueError when ``real_frames`` and ``frames`` differ in shape, or with ``negatives`` and B < 2.
     """
 
     def __init__(self, syncnet: nn.Module, resolution: int | None = None, lower_half: bool = True,
-                 gradient_checkpointing: bool = True):
+                 gradient_checkpointing: bool = True, negatives: bool = False):
         self.syncnet = syncnet.eval().requires_grad_(False)
         if hasattr(syncnet, "set_gradient_checkpointing"):
             syncnet.set_gradient_checkpointing(gradient_checkpointing)
         self.resolution = resolution
         self.lower_half = lower_half
+        self.negatives = negatives
 
     def images(self, frames: torch.Tensor) -> torch.Tensor:
         """``[B, 3, F, H, W]`` -> SyncNet's visual input ``[B, 3F, H', W']`` (frame-major channels)."""
@@ -97,7 +104,12 @@ class SyncLoss:
         param = next(self.syncnet.parameters())
         images = self.images(frames).to(param.dtype)
         v, a = self.syncnet(images, mel.to(device=param.device, dtype=param.dtype))
-        return sync_bce(v, a, 1.0)
+        loss = sync_bce(v, a, 1.0)
+        if self.negatives:
+            if v.shape[0] < 2:
+                raise ValueError("SyncLoss(negatives=True) needs at least 2 windows: each takes another's audio")
+            loss = loss + sync_bce(v, a.roll(1, 0), 0.0)
+        return loss
 
     def to(self, *args, **kwargs) -> SyncLoss:
         """Move (or cast) the SyncNet (``torch.nn.Module.to`` arguments); returns self."""
@@ -105,7 +117,7 @@ class SyncLoss:
         return self
 
     def __repr__(self) -> str:
-        return f"SyncLoss(resolution={self.resolution}, lower_half={self.lower_half})"
+        return f"SyncLoss(resolution={self.resolution}, lower_half={self.lower_half}, negatives={self.negatives})"
 
 
 @dataclass(frozen=True)

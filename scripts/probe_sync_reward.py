@@ -12,15 +12,16 @@ the other terms; this probe isolates the reward's direction. For each held-out w
     truth     the VAE encoding of the real frames (the mouth is right: any move is a move away)
 
 and descends the reward itself on ``z`` (Adam, ``--lr``, ``--steps``): ``L = mean_b SyncLoss(decode(z_b), mel_b)``
-(each window's own mel, ``-log cos`` with the supervising net); with ``--relative`` also the relative form
-``max(0, L(decode(z_b)) - L(real frames_b))`` (``SyncLoss(real_frames=...)``). Every ``--every`` steps, on the
+(each window's own mel, ``-log cos`` with the supervising net), in each of ``--forms``: ``absolute`` (that, the
+recipe's ``sync`` term), ``relative`` (``max(0, L(decode(z_b)) - L(real frames_b))``, ``SyncLoss(real_frames=...)``),
+``contrastive`` (``+ BCE(cos(v_b, a_{b-1}), 0)``, ``SyncLoss(negatives=True)``). Every ``--every`` steps, on the
 decoded and pasted frames (the pipeline's composite, as ``distill.benchmark.evaluate``): the reward (mean over the
 windows), ``sync_score``, the held-out net's LSE-C / LSE-D, sharpness and mse_to_ground_truth. ``--syncnets`` runs
 the probe once per supervising net (e.g. a retrained one) on the same windows and starts.
 
 If the reward were a mouth reading, descending it from the student would raise ``sync_score``; if it rewards what
 the two toy SyncNets share and the mouth opening does not, LSE-C rises while ``sync_score`` falls. Writes
-``--json`` (every trace) and ``OUT/probe_<net>_<start>.png`` (the lower half of 4 frames of 3 windows at steps 0,
+``--json`` (every trace) and ``OUT/probe_<net>_<start>_<form>.png`` (the lower half of 4 frames of 3 windows at steps 0,
 steps/2 and steps).
 """
 
@@ -54,13 +55,33 @@ def load_windows(args):
     return windows, mel, vae, unet
 
 
-def measure(z: torch.Tensor, windows, mel, vae, reward, syncnet, sync_window, real=None) -> dict:
-    """Metrics of latents ``z [N, 4, F, h, h]`` (one row per window) as ``distill.benchmark.evaluate`` scores them."""
+FORMS = ("absolute", "relative", "contrastive")
+
+
+def reward_form(net, sync_window, form: str, mel: torch.Tensor, real: torch.Tensor):
+    """frames ``[N, 3, F, H, W]`` -> ``[N]``: the supervising net's SyncLoss in one of ``FORMS`` (``absolute``
+    as the recipe's ``sync`` term, ``relative`` with ``real_frames``, ``contrastive`` with ``negatives``)."""
+    from losses.sync import SyncLoss
+
+    loss = SyncLoss(net, resolution=sync_window.resolution, lower_half=sync_window.lower_half,
+                    gradient_checkpointing=False, negatives=form == "contrastive")  # fmt: skip
+    if form == "relative":
+        return lambda frames: loss(frames, mel, real_frames=real)
+    return lambda frames: loss(frames, mel)
+
+
+def measure(z: torch.Tensor, windows, mel, vae, reward, probe, syncnet, sync_window) -> dict:
+    """Metrics of latents ``z [N, 4, F, h, h]`` (one row per window) as ``distill.benchmark.evaluate`` scores them,
+    plus the descended ``reward``'s mean and the supervising net's plain ``-log cos`` (``probe``, a SyncLoss) with
+    each window's own mel (``sync_loss``) and with another clip's (``sync_loss_offsync``: the mels rolled by N // 2):
+    a frame change that lowers both alike is audio-agnostic."""
     from distill.benchmark import decode_paste, laplacian_energy, lse_metrics, pearson
     from distill.synthworld import LOWER_HALF_REGION, measure_mouth
 
     with torch.no_grad():
-        reward_value = float(reward(vae.decode(z), mel, real_frames=real).mean())
+        frames = vae.decode(z)
+        scores = {"reward": float(reward(frames).mean()), "sync_loss": float(probe(frames, mel).mean()),
+                  "sync_loss_offsync": float(probe(frames, mel.roll(len(windows) // 2, 0)).mean())}  # fmt: skip
         outs = [decode_paste(vae, z[i : i + 1], w) for i, w in enumerate(windows)]
     truth = [((w.frames[0].permute(1, 2, 3, 0) + 1) / 2) for w in windows]
     regions = [(1 - w.mask[0, 0]).bool() for w in windows]
@@ -69,7 +90,7 @@ def measure(z: torch.Tensor, windows, mel, vae, reward, syncnet, sync_window, re
     gt_open = np.concatenate([w.mouth_open for w in windows])
     gt_sharp = np.mean([laplacian_energy(t) for t in truth])
     out = {
-        "reward": reward_value,
+        **scores,
         "sync_score": pearson(measured, gt_open),
         "mouth_mean": float(measured.mean()),
         "sharpness": float(np.mean([laplacian_energy(o) for o in outs]) / gt_sharp),
@@ -80,26 +101,27 @@ def measure(z: torch.Tensor, windows, mel, vae, reward, syncnet, sync_window, re
     return out, outs
 
 
-def descend(z0: torch.Tensor, windows, mel, vae, reward, syncnet, sync_window, args, real=None):
-    """Adam on ``z`` against the reward (relative to the real frames ``real`` when given); the metrics every
-    ``args.every`` steps; the outputs at 0, steps/2, steps. Returns (trace, {step: outputs})."""
+def descend(z0: torch.Tensor, windows, mel, vae, reward, probe, syncnet, sync_window, args):
+    """Adam on ``z`` against ``reward`` (frames -> [N]); the metrics every ``args.every`` steps; the outputs at 0,
+    steps/2, steps. Returns (trace, {step: outputs})."""
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=args.lr)
     trace, shots = [], {}
     for k in range(args.steps + 1):
         if k % args.every == 0 or k == args.steps:
-            row, outs = measure(z.detach(), windows, mel, vae, reward, syncnet, sync_window, real)
+            row, outs = measure(z.detach(), windows, mel, vae, reward, probe, syncnet, sync_window)
             row["step"] = k
             row["latent_change"] = float((z.detach() - z0).square().mean().sqrt())
             trace.append(row)
             print(f"  step {k:3d}: " + "  ".join(f"{m} {row[m]:.4f}" for m in
-                  ("reward", "sync_score", "lse_c", "lse_d", "sharpness", "mse_to_ground_truth")), flush=True)
+                  ("reward", "sync_loss", "sync_loss_offsync", "sync_score", "lse_c", "sharpness",
+                   "mse_to_ground_truth")), flush=True)  # fmt: skip
             if k in (0, args.steps // 2 // args.every * args.every, args.steps):
                 shots[k] = outs
         if k == args.steps:
             break
         opt.zero_grad()
-        reward(vae.decode(z), mel, real_frames=real).mean().backward()
+        reward(vae.decode(z)).mean().backward()
         opt.step()
     return trace, shots
 
@@ -117,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--syncnet", default="assets/syncnet_toy_measure/syncnet.yaml", help="held-out (measuring) net")
     p.add_argument("--student", default="assets/toy_student")
     p.add_argument("--starts", nargs="+", default=["student", "truth"], choices=["student", "truth"])
-    p.add_argument("--relative", action="store_true",
-                   help="also descend the relative reward (SyncLoss with real_frames: excess over the real frames')")
+    p.add_argument("--forms", nargs="+", default=["absolute"], choices=FORMS,
+                   help="the reward's forms to descend: absolute (the recipe's sync term), relative (real_frames), "
+                   "contrastive (negatives)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--every", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.02, help="Adam step on the latents (their std is ~1)")
@@ -160,15 +183,15 @@ def main(argv: list[str] | None = None) -> int:
                          "threads": torch.get_num_threads()}}  # fmt: skip
     for spec in args.syncnets:
         net, win = measuring_syncnet(spec)
-        reward = SyncLoss(net, resolution=win.resolution, lower_half=win.lower_half, gradient_checkpointing=False)
+        probe = SyncLoss(net, resolution=win.resolution, lower_half=win.lower_half, gradient_checkpointing=False)
         name = Path(spec).parent.name or Path(spec).stem
         real = torch.cat([w.frames for w in windows])
         for start, z0 in starts.items():
-            for form in ("absolute", "relative") if args.relative else ("absolute",):
-                key = f"{name}/{start}" + ("/relative" if form == "relative" else "")
+            for form in args.forms:
+                key = f"{name}/{start}/{form}"
                 print(f"{key}:", flush=True)
-                trace, shots = descend(z0, windows, mel, vae, reward, syncnet, sync_window, args,
-                                       real if form == "relative" else None)  # fmt: skip
+                reward = reward_form(net, win, form, mel, real)
+                trace, shots = descend(z0, windows, mel, vae, reward, probe, syncnet, sync_window, args)
                 result[key] = trace
                 picture(shots, truth, args.out / f"probe_{key.replace('/', '_')}.png")
     result["_setup"]["seconds"] = time.perf_counter() - t0

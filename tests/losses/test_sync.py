@@ -80,6 +80,24 @@ def test_sync_loss_relative_to_real_frames(toy_loss):
         toy_loss(frames, mel, real_frames=real[:2])
 
 
+def test_sync_loss_negatives_add_the_off_sync_pair(toy_loss):
+    g = torch.Generator().manual_seed(3)
+    frames = torch.rand(3, 3, 8, 128, 128, generator=g) * 2 - 1
+    mel = torch.rand(3, 1, 80, 26, generator=g) * 8 - 4
+    with torch.no_grad():
+        images = frames.transpose(1, 2).reshape(3, 24, 128, 128)[:, :, 64:]
+        v, a = toy_loss.syncnet(images, mel)
+        cos = v @ a.T  # unit, non-negative embeddings: cos[i, j] = cos(v_i, a_j)
+        contrastive = SyncLoss(toy_loss.syncnet, resolution=128, negatives=True)
+        out = contrastive(frames, mel)
+    # -log cos(v_b, a_b) - log(1 - cos(v_b, a_{b-1})), b - 1 taken cyclically
+    expected = torch.stack([-torch.log(cos[b, b]) - torch.log(1 - cos[b, (b - 1) % 3]) for b in range(3)])
+    torch.testing.assert_close(out, expected)
+    assert "negatives=True" in repr(contrastive)
+    with pytest.raises(ValueError, match="at least 2"):
+        contrastive(frames[:1], mel[:1])
+
+
 def test_sync_loss_resizes_larger_faces(toy_loss):
     frames = torch.rand(1, 3, 8, 256, 256) * 2 - 1
     mel = torch.zeros(1, 1, 80, 26)
