@@ -20,9 +20,11 @@ windows), ``sync_score``, the held-out net's LSE-C / LSE-D, sharpness and mse_to
 the probe once per supervising net (e.g. a retrained one) on the same windows and starts.
 
 If the reward were a mouth reading, descending it from the student would raise ``sync_score``; if it rewards what
-the two toy SyncNets share and the mouth opening does not, LSE-C rises while ``sync_score`` falls. Writes
-``--json`` (every trace) and ``OUT/probe_<net>_<start>_<form>.png`` (the lower half of 4 frames of 3 windows at steps 0,
-steps/2 and steps).
+the two toy SyncNets share and the mouth opening does not, LSE-C rises while ``sync_score`` falls (BENCHMARKS
+section 14: both, one after the other). ``--students NAME=DIR ...`` adds exported students as starts; with
+``--steps 0`` they are only measured (e.g. whether a trained student's lower ``sync_loss`` is audio-agnostic).
+Writes ``--json`` (every trace) and ``OUT/probe_<net>_<start>_<form>.png`` (the lower half of 4 frames of 3
+windows at steps 0, steps/2 and steps).
 """
 
 from __future__ import annotations
@@ -138,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="supervising SyncNet presets / YAMLs (files.syncnet = weights); one probe each")
     p.add_argument("--syncnet", default="assets/syncnet_toy_measure/syncnet.yaml", help="held-out (measuring) net")
     p.add_argument("--student", default="assets/toy_student")
-    p.add_argument("--starts", nargs="+", default=["student", "truth"], choices=["student", "truth"])
+    p.add_argument("--starts", nargs="*", default=["student", "truth"], choices=["student", "truth"])
+    p.add_argument("--students", nargs="*", default=[], metavar="NAME=DIR",
+                   help="more starts: the 1-step x0 of these exported students (with --steps 0: measure them only)")
     p.add_argument("--forms", nargs="+", default=["absolute"], choices=FORMS,
                    help="the reward's forms to descend: absolute (the recipe's sync term), relative (real_frames), "
                    "contrastive (negatives)")
@@ -152,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/probe_sync_reward"))
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.every < 1:
-        raise SystemExit("--steps and --every must be >= 1")
+    if args.steps < 0 or args.every < 1:
+        raise SystemExit("--steps must be >= 0 and --every >= 1")
+    students = dict(spec.split("=", 1) for spec in args.students if "=" in spec)
+    if len(students) != len(args.students):
+        raise SystemExit(f"--students takes NAME=DIR, got {args.students}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -168,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     syncnet, sync_window = measuring_syncnet(args.syncnet)
     starts = {}
     with torch.no_grad():
-        if "student" in args.starts:
-            from teacher.loading import freeze
+        from teacher.loading import freeze
 
-            run = student_method(freeze(student_pkg.load(args.student)), 1)
-            starts["student"] = torch.cat([run(w) for w in windows])
+        for name, path in ({"student": args.student} if "student" in args.starts else {}) | students.items():
+            run = student_method(freeze(student_pkg.load(path)), 1)
+            starts[name] = torch.cat([run(w) for w in windows])
         if "truth" in args.starts:
             g = torch.Generator().manual_seed(0)
             starts["truth"] = torch.cat([vae.encode(w.frames, generator=g) for w in windows])

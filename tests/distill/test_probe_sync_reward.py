@@ -39,8 +39,15 @@ def test_probe_descends_the_reward_and_reports_every_metric(tmp_path):
         assert 0 <= rel[0]["reward"] < ab[0]["reward"]
     truth = report["syncnet_toy_supervise/truth/absolute"]
     assert truth[0]["sync_score"] > 0.9 and truth[0]["mse_to_ground_truth"] < 0.002
+    # --students with --steps 0: measure exported students only; the committed student's row equals its trace's start
+    assert main(["--steps", "0", "--clips", "1", "--seconds", "0.64", "--threads", "2", "--starts", "--students",
+                 "again=assets/toy_student", "--out", str(out), "--json", str(tmp_path / "students.json")]) == 0
+    again = json.loads((tmp_path / "students.json").read_text())["syncnet_toy_supervise/again/absolute"]
+    assert len(again) == 1 and again[0] == pytest.approx(report["syncnet_toy_supervise/student/absolute"][0])
 
 
-def test_probe_refuses_zero_steps(tmp_path):
+def test_probe_refuses_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match=">= 1"):
-        main(["--steps", "0", "--out", str(tmp_path)])
+        main(["--every", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        main(["--students", "assets/toy_student", "--out", str(tmp_path)])
