@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         from teacher.loading import freeze
 
-        for name, path in ({"student": args.student} if "student" in args.starts else {}) | students.items():
+        exported = ({"student": args.student} if "student" in args.starts else {}) | students
+        for name, path in exported.items():
             run = student_method(freeze(student_pkg.load(path)), 1)
             starts[name] = torch.cat([run(w) for w in windows])
         if "truth" in args.starts:
