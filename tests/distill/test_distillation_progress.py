@@ -45,13 +45,12 @@ def test_distillation_moves_the_student_toward_the_teacher(tmp_path):
     data = tmp_path / "train"
     _distill(tmp_path / "init", data, steps=1, lr="0.0")  # the undistilled student (lr 0), same data
     _distill(tmp_path / "run", data, steps=60, lr="1e-4")
-    exports = {"init": tmp_path / "init"}
     checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
     assert [c.name for c in checkpoints] == ["step_0000020", "step_0000040", "step_0000060"]
     students = {"init": None, **{c.name: c for c in checkpoints}}
     for name, ckpt in students.items():
         args = ["--checkpoint", str(ckpt)] if ckpt is not None else []
-        run = exports["init"] if ckpt is None else tmp_path / "run"
+        run = tmp_path / ("init" if ckpt is None else "run")
         assert cli(["export", str(run), str(tmp_path / f"export_{name}"), *args]) == 0
 
     cfg = configs.load("teacher/toy")
