@@ -35,12 +35,11 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
 def load_windows(args):
-    """(windows, mel [N, 1, 80, T], data config) on the held-out clips, the bench's encodings and noise."""
+    """(windows, mel [N, 1, 80, T], toy VAE) on the held-out clips, the bench's encodings and noise."""
     import configs
     from distill.benchmark import make_windows
     from distill.data import ClipDataset
@@ -51,10 +50,9 @@ def load_windows(args):
     data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, f)
     mel_data = ClipDataset(args.out / "heldout", num_frames=f, reference="same", stride=f, mel=True)
     vae = configs.instantiate(cfg.vae).eval().requires_grad_(False)
-    unet = configs.instantiate(cfg.unet).eval().requires_grad_(False)
     windows = make_windows(data, vae, seed=0)
     mel = torch.stack([mel_data[i]["mel"] for i in range(len(windows))])
-    return windows, mel, vae, unet
+    return windows, mel, vae
 
 
 FORMS = ("absolute", "relative", "contrastive")
@@ -72,35 +70,22 @@ def reward_form(net, sync_window, form: str, mel: torch.Tensor, real: torch.Tens
     return lambda frames: loss(frames, mel)
 
 
-def measure(z: torch.Tensor, windows, mel, vae, reward, probe, syncnet, sync_window) -> dict:
-    """Metrics of latents ``z [N, 4, F, h, h]`` (one row per window) as ``distill.benchmark.evaluate`` scores them,
-    plus the descended ``reward``'s mean and the supervising net's plain ``-log cos`` (``probe``, a SyncLoss) with
-    each window's own mel (``sync_loss``) and with another clip's (``sync_loss_offsync``: the mels rolled by N // 2):
-    a frame change that lowers both alike is audio-agnostic."""
-    from distill.benchmark import decode_paste, laplacian_energy, lse_metrics, pearson
-    from distill.synthworld import LOWER_HALF_REGION, measure_mouth
+def measure(z: torch.Tensor, windows, mel, vae, reward, probe, syncnet, sync_window) -> tuple[dict, list]:
+    """Metrics of latents ``z [N, 4, F, h, h]`` (one row per window) from ``distill.benchmark.evaluate`` (pasted
+    outputs: sync_score, sharpness, mse_to_ground_truth, LSE-C / LSE-D), plus the descended ``reward``'s mean and the
+    supervising net's plain ``-log cos`` (``probe``, a SyncLoss) with each window's own mel (``sync_loss``) and with
+    another clip's (``sync_loss_offsync``: the mels rolled by N // 2): a frame change that lowers both alike is
+    audio-agnostic. Returns (metrics, pasted outputs ``[F, R, R, 3]`` per window)."""
+    from distill.benchmark import evaluate
 
+    row = {id(w): z[i : i + 1] for i, w in enumerate(windows)}
     with torch.no_grad():
         frames = vae.decode(z)
         scores = {"reward": float(reward(frames).mean()), "sync_loss": float(probe(frames, mel).mean()),
                   "sync_loss_offsync": float(probe(frames, mel.roll(len(windows) // 2, 0)).mean())}  # fmt: skip
-        outs = [decode_paste(vae, z[i : i + 1], w) for i, w in enumerate(windows)]
-    truth = [((w.frames[0].permute(1, 2, 3, 0) + 1) / 2) for w in windows]
-    regions = [(1 - w.mask[0, 0]).bool() for w in windows]
-    measured = np.concatenate([measure_mouth((o.numpy() * 255).round().astype(np.uint8), region=LOWER_HALF_REGION)
-                               for o in outs])  # fmt: skip
-    gt_open = np.concatenate([w.mouth_open for w in windows])
-    gt_sharp = np.mean([laplacian_energy(t) for t in truth])
-    out = {
-        **scores,
-        "sync_score": pearson(measured, gt_open),
-        "mouth_mean": float(measured.mean()),
-        "sharpness": float(np.mean([laplacian_energy(o) for o in outs]) / gt_sharp),
-        "mse_to_ground_truth": float(np.mean([((o - t).square().mean(-1))[m].mean().item()
-                                              for o, t, m in zip(outs, truth, regions)])),  # fmt: skip
-    }
-    out |= lse_metrics(outs, windows, syncnet, sync_window)
-    return out, outs
+    results, outputs, _ = evaluate({"z": lambda w: row[id(w)]}, windows, vae, syncnet=syncnet, sync_window=sync_window)
+    results["z"].pop("mse_to_teacher20")  # no reference row here
+    return scores | results["z"], outputs["z"]
 
 
 def descend(z0: torch.Tensor, windows, mel, vae, reward, probe, syncnet, sync_window, args):
@@ -171,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from scripts.bench_distill import measuring_syncnet
 
     t0 = time.perf_counter()
-    windows, mel, vae, unet = load_windows(args)
+    windows, mel, vae = load_windows(args)
     syncnet, sync_window = measuring_syncnet(args.syncnet)
     starts = {}
     with torch.no_grad():
