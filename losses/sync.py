@@ -15,6 +15,7 @@ LSE-C of the lip-sync literature (Wav2Lip, LatentSync tables):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,15 +64,25 @@ class SyncLoss:
     Call:
         frames: ``[B, 3, F, H, W]`` decoded pixels in [-1, 1] (VAE output layout).
         mel: ``[B, 1, 80, T]`` SyncNet mel windows of the same frames (``losses.mel.mel_window``).
+        mel_negatives: optional ``[B, K, 1, 80, T]``, K off-sync mel windows per window (other times of the same
+            clip: ``distill.data.ClipDataset(mel_negatives=K)``). Given, the loss is the cross-entropy of picking
+            the window's own audio among its K + 1 candidates, with the SyncNet's cosines as the odds:
+            ``-log(s_0 / (s_0 + sum_k s_k))``, ``s_0 = cos(v_b, a_b)``, ``s_k = cos(v_b, a_{b,k})``. Raising every
+            cosine by one factor (a face the net likes whatever is said: the ReLU'd embeddings share the positive
+            orthant) changes nothing; only matching this audio better than the rest of the clip's does. Not in
+            LatentSync (positives only); the SyncNet's own training pairs (LatentSync ``SyncNetDataset``: an
+            off-sync window of the same video) used as candidates, as in CLIP-style InfoNCE.
         real_frames: optional ``[B, 3, F, H, W]``, the real frames of the same windows. Given, the loss is
             relative to them: ``max(0, L(frames) - L(real_frames))``, the real frames' value without gradient.
             The reward then stops where a generated window scores as well as its real frames: below that level
             the supervising net has no evidence of a better mouth, and descending it further moved the toy
             world's outputs away from the true mouth (``scripts/probe_sync_reward``, BENCHMARKS section 14).
             Not in LatentSync (its loss is absolute); this codebase's own variant.
-    Returns ``[B]`` float32, ``-log cos(v, a)`` (``- log(1 - cos(v_b, a_{b-1}))`` added with ``negatives``; the
-    excess over the real frames' value of the same with ``real_frames``).
-    Raises ValueError when ``real_frames`` and ``frames`` differ in shape, or with ``negatives`` and B < 2.
+    Returns ``[B]`` float32, ``-log cos(v, a)`` (``- log(1 - cos(v_b, a_{b-1}))`` added with ``negatives``;
+    ``+ log(s_0 + sum_k s_k)`` with ``mel_negatives``; the excess over the real frames' value of the same with
+    ``real_frames``).
+    Raises ValueError when ``real_frames`` and ``frames`` differ in shape, with ``negatives`` and B < 2, or when
+    ``mel_negatives`` is not ``[B, K, *mel.shape[1:]]``.
     """
 
     def __init__(self, syncnet: nn.Module, resolution: int | None = None, lower_half: bool = True,
@@ -89,18 +100,22 @@ class SyncLoss:
         b, c, f = frames.shape[:3]
         return x.reshape(b, f * c, *x.shape[-2:])  # b (f c) h' w'
 
-    def __call__(self, frames: torch.Tensor, mel: torch.Tensor,
-                 real_frames: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        loss = self._bce(frames, mel)
+    def __call__(self, frames: torch.Tensor, mel: torch.Tensor, real_frames: torch.Tensor | None = None,
+                 mel_negatives: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        if mel_negatives is not None and (mel_negatives.dim() != mel.dim() + 1 or mel_negatives.shape[0] != mel.shape[0]
+                                          or mel_negatives.shape[2:] != mel.shape[1:]):  # fmt: skip
+            raise ValueError(f"mel_negatives must be [B, K, {', '.join(map(str, mel.shape[1:]))}] for mel "
+                             f"{tuple(mel.shape)}, got {tuple(mel_negatives.shape)}")
+        loss = self._loss(frames, mel, mel_negatives)
         if real_frames is None:
             return loss
         if real_frames.shape != frames.shape:
             raise ValueError(f"real_frames {tuple(real_frames.shape)} must match frames {tuple(frames.shape)}")
         with torch.no_grad():
-            floor = self._bce(real_frames, mel)
+            floor = self._loss(real_frames, mel, mel_negatives)
         return torch.relu(loss - floor)
 
-    def _bce(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def _loss(self, frames: torch.Tensor, mel: torch.Tensor, mel_negatives: torch.Tensor | None) -> torch.Tensor:
         param = next(self.syncnet.parameters())
         images = self.images(frames).to(param.dtype)
         v, a = self.syncnet(images, mel.to(device=param.device, dtype=param.dtype))
@@ -109,6 +124,13 @@ class SyncLoss:
             if v.shape[0] < 2:
                 raise ValueError("SyncLoss(negatives=True) needs at least 2 windows: each takes another's audio")
             loss = loss + sync_bce(v, a.roll(1, 0), 0.0)
+        if mel_negatives is not None:  # + log(s_0 + sum_k s_k): the candidates' normaliser
+            b, k = mel_negatives.shape[:2]
+            neg = mel_negatives.reshape(b * k, *mel_negatives.shape[2:]).to(device=param.device, dtype=param.dtype)
+            a_neg = self.syncnet.embed_audio(neg).reshape(b, k, -1).float()
+            s_neg = torch.einsum("bd,bkd->bk", v.float(), a_neg).clamp(0.0, 1.0)
+            s_pos = F.cosine_similarity(v.float(), a.float(), dim=1).clamp(0.0, 1.0)
+            loss = loss + torch.log((s_pos + s_neg.sum(1)).clamp_min(math.exp(-100.0)))
         return loss
 
     def to(self, *args, **kwargs) -> SyncLoss:

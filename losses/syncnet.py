@@ -231,12 +231,18 @@ class StableSyncNet(nn.Module):
         self.visual_encoder.gradient_checkpointing = enabled
         return self
 
-    def forward(self, images: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3F, H, W]`` -> unit, non-negative vision embeddings ``[B, C]``."""
         v = self.visual_encoder(images)  # [B, C, 1, 1]
+        return F.normalize(v.reshape(v.shape[0], -1), p=2, dim=1)
+
+    def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, 80, T]`` -> unit, non-negative audio embeddings ``[B, C]``."""
         a = self.audio_encoder(mel)
-        v = F.normalize(v.reshape(v.shape[0], -1), p=2, dim=1)
-        a = F.normalize(a.reshape(a.shape[0], -1), p=2, dim=1)
-        return v, a
+        return F.normalize(a.reshape(a.shape[0], -1), p=2, dim=1)
+
+    def forward(self, images: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_images(images), self.embed_audio(mel)
 
 
 def _check_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

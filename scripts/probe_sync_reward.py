@@ -14,7 +14,9 @@ the other terms; this probe isolates the reward's direction. For each held-out w
 and descends the reward itself on ``z`` (Adam, ``--lr``, ``--steps``): ``L = mean_b SyncLoss(decode(z_b), mel_b)``
 (each window's own mel, ``-log cos`` with the supervising net), in each of ``--forms``: ``absolute`` (that, the
 recipe's ``sync`` term), ``relative`` (``max(0, L(decode(z_b)) - L(real frames_b))``, ``SyncLoss(real_frames=...)``),
-``contrastive`` (``+ BCE(cos(v_b, a_{b-1}), 0)``, ``SyncLoss(negatives=True)``). Every ``--every`` steps, on the
+``contrastive`` (``+ BCE(cos(v_b, a_{b-1}), 0)``, ``SyncLoss(negatives=True)``), ``candidates``
+(``-log(s_0 / (s_0 + sum_k s_k))`` over the window's own mel and 4 off-sync mels of its clip,
+``SyncLoss(mel_negatives=...)``). Every ``--every`` steps, on the
 decoded and pasted frames (the pipeline's composite, as ``distill.benchmark.evaluate``): the reward (mean over the
 windows), ``sync_score``, the held-out net's LSE-C / LSE-D, sharpness and mse_to_ground_truth. ``--syncnets`` runs
 the probe once per supervising net (e.g. a retrained one) on the same windows and starts.
@@ -48,25 +50,32 @@ def load_windows(args):
     cfg = configs.load("teacher/toy")
     f = int(cfg.data.num_frames)
     data = heldout(args.out / "heldout", args.clips, args.seconds, args.heldout_seed, f)
-    mel_data = ClipDataset(args.out / "heldout", num_frames=f, reference="same", stride=f, mel=True)
+    mel_data = ClipDataset(args.out / "heldout", num_frames=f, reference="same", stride=f, mel=True,
+                           mel_negatives=CANDIDATES)  # fmt: skip
     vae = configs.instantiate(cfg.vae).eval().requires_grad_(False)
     windows = make_windows(data, vae, seed=0)
-    mel = torch.stack([mel_data[i]["mel"] for i in range(len(windows))])
-    return windows, mel, vae
+    items = [mel_data[i] for i in range(len(windows))]
+    mel = torch.stack([item["mel"] for item in items])
+    negatives = torch.stack([item["mel_negatives"] for item in items])
+    return windows, mel, negatives, vae
 
 
-FORMS = ("absolute", "relative", "contrastive")
+FORMS = ("absolute", "relative", "contrastive", "candidates")
+CANDIDATES = 4  # off-sync mel windows per window for the candidates form (as the bench's mel_negatives=4)
 
 
-def reward_form(net, sync_window, form: str, mel: torch.Tensor, real: torch.Tensor):
+def reward_form(net, sync_window, form: str, mel: torch.Tensor, real: torch.Tensor, negatives: torch.Tensor):
     """frames ``[N, 3, F, H, W]`` -> ``[N]``: the supervising net's SyncLoss in one of ``FORMS`` (``absolute``
-    as the recipe's ``sync`` term, ``relative`` with ``real_frames``, ``contrastive`` with ``negatives``)."""
+    as the recipe's ``sync`` term, ``relative`` with ``real_frames``, ``contrastive`` with ``negatives``,
+    ``candidates`` with ``mel_negatives``: ``negatives [N, K, 1, 80, T]``, other times of the same clip)."""
     from losses.sync import SyncLoss
 
     loss = SyncLoss(net, resolution=sync_window.resolution, lower_half=sync_window.lower_half,
                     gradient_checkpointing=False, negatives=form == "contrastive")  # fmt: skip
     if form == "relative":
         return lambda frames: loss(frames, mel, real_frames=real)
+    if form == "candidates":
+        return lambda frames: loss(frames, mel, mel_negatives=negatives)
     return lambda frames: loss(frames, mel)
 
 
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="more starts: the 1-step x0 of these exported students (with --steps 0: measure them only)")
     p.add_argument("--forms", nargs="+", default=["absolute"], choices=FORMS,
                    help="the reward's forms to descend: absolute (the recipe's sync term), relative (real_frames), "
-                   "contrastive (negatives)")
+                   "contrastive (negatives), candidates (mel_negatives)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--every", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.02, help="Adam step on the latents (their std is ~1)")
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from scripts.bench_distill import measuring_syncnet
 
     t0 = time.perf_counter()
-    windows, mel, vae = load_windows(args)
+    windows, mel, negatives, vae = load_windows(args)
     syncnet, sync_window = measuring_syncnet(args.syncnet)
     starts = {}
     with torch.no_grad():
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             for form in args.forms:
                 key = f"{name}/{start}/{form}"
                 print(f"{key}:", flush=True)
-                reward = reward_form(net, win, form, mel, real)
+                reward = reward_form(net, win, form, mel, real, negatives)
                 trace, shots = descend(z0, windows, mel, vae, reward, probe, syncnet, sync_window, args)
                 result[key] = trace
                 picture(shots, truth, args.out / f"probe_{key.replace('/', '_')}.png")

@@ -13,6 +13,10 @@ Each item is an F-frame window of one shard::
     mel             float32 [1, 80, T]    with ``mel=True``: the SyncNet mel window of the F frames
                                           (``losses.mel.mel_window`` of the shard's whole-audio mel, cached in
                                           the shard as ``syncnet_mel.npy``; T = ceil(80 F / 25), 26 for 8 frames)
+    mel_negatives   float32 [K, 1, 80, T] with ``mel_negatives=K``: the mel windows of K other windows of the same
+                                          shard, each at least F // 2 frames away (off sync; drawn per item,
+                                          with replacement when the shard has fewer), for
+                                          ``losses.SyncLoss(mel_negatives=...)``
     shard, start    int                   where the window comes from
 
 With ``latents=True`` and a cache written by ``encode_latents``, the item also holds
@@ -77,6 +81,7 @@ class ClipDataset(Dataset):
         seed: int = 0,
         pixels: bool = True,
         mel: bool = False,
+        mel_negatives: int = 0,
     ):
         if reference not in ("other", "same"):
             raise ValueError(f"reference must be 'other' (training) or 'same' (inference), got {reference!r}")
@@ -87,6 +92,9 @@ class ClipDataset(Dataset):
         self.pixels = pixels or not latents  # without a latent cache the frames are the data
         self.seed = seed
         self.mel = mel
+        if mel_negatives < 0:
+            raise ValueError(f"mel_negatives must be >= 0, got {mel_negatives}")
+        self.mel_negatives = int(mel_negatives)
         self.shards = list_shards(root, min_frames=num_frames)
         if not self.shards:
             raise ValueError(f"no shard in {root} has {num_frames} frames")
@@ -120,6 +128,16 @@ class ClipDataset(Dataset):
         choices = [s for s in range(0, n - f + 1) if abs(s - start) >= f]
         return int(rng.choice(choices)) if choices else int(rng.integers(0, n - f + 1))
 
+    def _negative_starts(self, k: int, start: int, rng: np.random.Generator) -> np.ndarray:
+        """``mel_negatives`` window starts of shard ``k`` at least F // 2 frames from ``start`` (distinct while
+        the shard has enough; its farthest windows when none is that far)."""
+        starts = np.arange(self.shards[k].num_frames - self.num_frames + 1)
+        d = np.abs(starts - start)
+        far = starts[d >= max(1, self.num_frames // 2)]
+        if not len(far):
+            far = starts[d == d.max()] if d.max() > 0 else starts
+        return rng.choice(far, self.mel_negatives, replace=len(far) < self.mel_negatives)
+
     def __getitem__(self, i: int) -> dict:
         k, start = self.index[i]
         shard, f = self.shards[k], self.num_frames
@@ -141,10 +159,15 @@ class ClipDataset(Dataset):
             item["frames"] = frames
             item["masked_frames"] = masked_pixels(frames, mask)
             item["ref_frames"] = frames if ref_start == start else crops_to_pixels(self._frames(k, ref_start))
-        if self.mel:
+        if self.mel or self.mel_negatives:
             from losses.mel import mel_window
 
-            item["mel"] = mel_window(torch.from_numpy(shard_mel(shard)), start, f, float(shard.meta.get("fps", 25)))
+            whole, fps = torch.from_numpy(shard_mel(shard)), float(shard.meta.get("fps", 25))
+            if self.mel:
+                item["mel"] = mel_window(whole, start, f, fps)
+            if self.mel_negatives:
+                starts = self._negative_starts(k, start, np.random.default_rng([self.seed, i, 1]))
+                item["mel_negatives"] = torch.stack([mel_window(whole, int(s), f, fps) for s in starts])
         truth = shard.meta.get("ground_truth", {})
         if "mouth_open" in truth:
             item["mouth_open"] = torch.tensor(truth["mouth_open"][start : start + f], dtype=torch.float32)

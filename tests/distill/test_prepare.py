@@ -93,6 +93,31 @@ def test_dataset_items_match_teacher_features(prepared):
     assert torch.equal(same["ref_frames"], same["frames"])
 
 
+def test_dataset_mel_negatives_are_off_sync_windows_of_the_same_clip(prepared):
+    """mel_negatives=K: K mel windows of the same shard, each F // 2 or more frames from the item's own, equal to
+    mel_window at those starts; the other keys are the items without it (their draws are untouched)."""
+    from distill.data.dataset import shard_mel
+    from losses.mel import mel_window
+
+    _, out, _, _ = prepared
+    plain = ClipDataset(out, num_frames=8, mel=True)
+    ds = ClipDataset(out, num_frames=8, mel=True, mel_negatives=5)
+    for i in (0, 4, len(ds) - 1):
+        item, ref = ds[i], plain[i]
+        assert item["mel_negatives"].shape == (5, *item["mel"].shape) == (5, 1, 80, 26)
+        assert all(torch.equal(item[k], ref[k]) for k in ref if torch.is_tensor(ref[k]))
+        whole = torch.from_numpy(shard_mel(ds.shards[item["shard"]]))
+        windows = {s: mel_window(whole, s, 8, 25.0) for s in range(40 - 8 + 1)}
+        starts = [next(s for s, w in windows.items() if torch.equal(w, neg)) for neg in item["mel_negatives"]]
+        assert all(abs(s - item["start"]) >= 4 for s in starts), (item["start"], starts)
+        assert len(set(starts)) == 5  # distinct while the shard has enough
+        torch.testing.assert_close(ds[i]["mel_negatives"], item["mel_negatives"])  # a pure function of the index
+    only = ClipDataset(out, num_frames=8, mel_negatives=2)[0]
+    assert "mel" not in only and only["mel_negatives"].shape == (2, 1, 80, 26)
+    with pytest.raises(ValueError, match="mel_negatives must be >= 0"):
+        ClipDataset(out, num_frames=8, mel_negatives=-1)
+
+
 def test_latent_cache(prepared):
     _, out, _, _ = prepared
     from teacher.vae import VideoVAE

@@ -14,11 +14,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def test_probe_descends_the_reward_and_reports_every_metric(tmp_path):
     out = tmp_path / "probe"
     assert main(["--steps", "2", "--every", "1", "--clips", "1", "--seconds", "0.64", "--threads", "2",
-                 "--forms", "absolute", "relative", "contrastive",
+                 "--forms", "absolute", "relative", "contrastive", "candidates",
                  "--out", str(out), "--json", str(tmp_path / "probe.json")]) == 0  # fmt: skip
     report = json.loads((tmp_path / "probe.json").read_text())
-    keys = {f"syncnet_toy_supervise/{s}/{f}" for s in ("student", "truth") for f in ("absolute", "relative",
-                                                                                   "contrastive")}  # fmt: skip
+    keys = {f"syncnet_toy_supervise/{s}/{f}" for s in ("student", "truth")
+            for f in ("absolute", "relative", "contrastive", "candidates")}  # fmt: skip
     assert keys <= report.keys() and report["_setup"]["windows"] == 2
     for key in keys:
         trace = report[key]
@@ -27,7 +27,7 @@ def test_probe_descends_the_reward_and_reports_every_metric(tmp_path):
                 "mse_to_ground_truth"} <= trace[0].keys()  # fmt: skip
         assert trace[0]["latent_change"] == 0 and trace[-1]["latent_change"] > 0
         assert (out / f"probe_{key.replace('/', '_')}.png").is_file()
-    for form in ("absolute", "contrastive"):  # the descent lowers the reward it descends
+    for form in ("absolute", "contrastive", "candidates"):  # the descent lowers the reward it descends
         trace = report[f"syncnet_toy_supervise/student/{form}"]
         assert trace[-1]["reward"] < trace[0]["reward"]
     absolute = report["syncnet_toy_supervise/student/absolute"][0]

@@ -98,6 +98,33 @@ def test_sync_loss_negatives_add_the_off_sync_pair(toy_loss):
         contrastive(frames[:1], mel[:1])
 
 
+def test_sync_loss_mel_negatives_closed_form(toy_loss):
+    """-log(s_0 / (s_0 + sum_k s_k)) over the window's own audio and K off-sync candidates, on the net's own
+    embeddings; composes with real_frames; rejects a mis-shaped candidate tensor."""
+    g = torch.Generator().manual_seed(4)
+    frames = torch.rand(2, 3, 8, 128, 128, generator=g) * 2 - 1
+    mel = torch.rand(2, 1, 80, 26, generator=g) * 8 - 4
+    negs = torch.rand(2, 3, 1, 80, 26, generator=g) * 8 - 4
+    with torch.no_grad():
+        images = frames.transpose(1, 2).reshape(2, 24, 128, 128)[:, :, 64:]
+        v, a = toy_loss.syncnet(images, mel)
+        _, a_neg = toy_loss.syncnet(images.repeat_interleave(3, 0), negs.reshape(6, 1, 80, 26))
+        s = torch.cat([(v * a).sum(1, keepdim=True), (v[:, None] * a_neg.reshape(2, 3, -1)).sum(2)], 1)  # [B, 1+K]
+        out = toy_loss(frames, mel, mel_negatives=negs)
+        expected = -torch.log(s[:, 0] / s.sum(1))
+        torch.testing.assert_close(out, expected)
+        assert (out > 0).all()
+        real = torch.rand(2, 3, 8, 128, 128, generator=g) * 2 - 1
+        floor = toy_loss(real, mel, mel_negatives=negs)
+        torch.testing.assert_close(toy_loss(frames, mel, real_frames=real, mel_negatives=negs),
+                                   (expected - floor).clamp_min(0))  # fmt: skip
+        # the window's own audio among the candidates: the odds are its own cosine twice over
+        twice = toy_loss(frames, mel, mel_negatives=mel[:, None])
+        torch.testing.assert_close(twice, torch.full((2,), math.log(2.0)))
+    with pytest.raises(ValueError, match="mel_negatives must be"):
+        toy_loss(frames, mel, mel_negatives=negs[:, 0])
+
+
 def test_sync_loss_resizes_larger_faces(toy_loss):
     frames = torch.rand(1, 3, 8, 256, 256) * 2 - 1
     mel = torch.zeros(1, 1, 80, 26)
