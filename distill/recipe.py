@@ -49,7 +49,8 @@ from teacher.loading import freeze
 from teacher.sampler import OFFICIAL_W, alphas_cumprod, repeated_noise
 
 BATCH_KEYS = ("latents", "masked_latents", "ref_latents", "audio_embeds")
-OPTIONAL_KEYS = ("frames", "mel")  # real frames (the discriminator's real input), SyncNet mel windows (sync loss)
+# real frames (the discriminator's real input), SyncNet mel windows and off-sync ones (the sync loss's inputs)
+OPTIONAL_KEYS = ("frames", "mel", "mel_negatives")
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -128,7 +128,7 @@ class AuxTerm:
 
     loss: Callable[..., torch.Tensor]
     inputs: Mapping[str, str]
-    required: tuple[str, ...]  # parameters without a default
+    required: tuple[str, ...]  # parameters without a default, and those ``inputs`` names
     real: str | None = None  # adversarial terms: the step tensor the discriminator sees as real
 
     @property
@@ -139,8 +139,10 @@ class AuxTerm:
     def of(cls, loss: Callable[..., torch.Tensor], inputs: Mapping[str, str] | None = None,
            real: str | None = None) -> AuxTerm:  # fmt: skip
         """Read the parameters from ``loss``'s call signature (``forward`` for a module); ``inputs`` renames
-        some of them to other step tensors, the rest take the tensor of their own name. ``real``: required for
-        an adversarial loss (one with ``discriminator_loss``), refused for others."""
+        some of them to other step tensors, the rest take the tensor of their own name. A parameter with a
+        default is passed only when its tensor exists, unless ``inputs`` names it: a named input is required (a
+        config that asks for a tensor the step does not have fails instead of training without it). ``real``:
+        required for an adversarial loss (one with ``discriminator_loss``), refused for others."""
         if hasattr(loss, "discriminator_loss") != (real is not None):
             raise ValueError(f"{loss!r}: an adversarial loss needs `real` (the real step tensor), others take none")
         params = list(inspect.signature(loss.forward if isinstance(loss, nn.Module) else loss).parameters.values())
@@ -151,7 +153,7 @@ class AuxTerm:
         if unknown:
             raise TypeError(f"inputs {unknown} are not parameters of {loss!r} ({[p.name for p in params]})")
         mapping = {p.name: str(renamed.get(p.name, p.name)) for p in params}
-        return cls(loss, mapping, tuple(p.name for p in params if p.default is p.empty), real)
+        return cls(loss, mapping, tuple(p.name for p in params if p.default is p.empty or p.name in renamed), real)
 
 
 @dataclass(frozen=True)

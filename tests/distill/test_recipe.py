@@ -331,3 +331,17 @@ def test_setup_puts_the_loss_networks_on_the_accelerators_device(data_root, tmp_
     monkeypatch.setattr(StepLosses, "to", lambda self, device: moved.append(device) or real_to(self, device))
     run = recipe.setup(configs.load("distill/tiny", _overrides(tmp_path / "r", data_root, "run.max_steps=1")))
     assert moved == [run.acc.device]
+
+
+def test_device_batch_keeps_the_sync_losss_inputs():
+    """The batch filter passes every key a loss may take: mel and mel_negatives (SyncLoss), frames (real)."""
+    from distill.recipe import _to_device_batch
+
+    batch = {"latents": torch.zeros(2, 4, 8, 4, 4), "masked_latents": torch.zeros(2, 4, 8, 4, 4),
+             "ref_latents": torch.zeros(2, 4, 8, 4, 4), "audio_embeds": torch.zeros(2, 8, 50, 8),
+             "mask": torch.ones(2, 1, 8, 32, 32), "frames": torch.zeros(2, 3, 8, 32, 32),
+             "mel": torch.zeros(2, 1, 80, 26), "mel_negatives": torch.zeros(2, 4, 1, 80, 26),
+             "shard": torch.zeros(2), "start": torch.zeros(2)}  # fmt: skip
+    out = _to_device_batch(batch, 4, torch.device("cpu"))
+    assert {"frames", "mel", "mel_negatives"} <= out.keys() and "shard" not in out
+    assert out["mask"].shape == (2, 1, 8, 4, 4)

@@ -231,6 +231,18 @@ def test_auxiliary_losses_are_weighted_and_checked(teacher, student, batch):
     unknown = StepLosses(L2(), {"sync": AuxTerm.of(lambda x0, mel: x0.flatten(1).mean(1))})
     with pytest.raises(KeyError, match="takes \\{'mel': 'mel'\\}"):
         distill_step(student, student, teacher, batch, cfg, unknown, generator=_gen(4))
+    # an optional parameter is passed when its tensor exists and skipped when not, unless the config names it:
+    # a named input the step does not have fails (the recipe once dropped mel_negatives from the batch and the
+    # "candidates" reward trained as the absolute one without a word)
+    def extra(x0, mel_negatives=None):
+        return x0.flatten(1).mean(1) * (1.0 if mel_negatives is None else 2.0)
+
+    assert AuxTerm.of(extra).required == ("x0",)
+    distill_step(student, student, teacher, batch, cfg,
+                 StepLosses(L2(), {"sync": AuxTerm.of(extra)}), generator=_gen(4))  # fmt: skip
+    named = StepLosses(L2(), {"sync": AuxTerm.of(extra, {"mel_negatives": "mel_negatives"})})
+    with pytest.raises(KeyError, match="takes \\{'mel_negatives': 'mel_negatives'\\}"):
+        distill_step(student, student, teacher, batch, cfg, named, generator=_gen(4))
     with pytest.raises(TypeError, match="name its inputs"):
         AuxTerm.of(lambda *tensors: tensors[0])
     with pytest.raises(TypeError, match="not parameters"):
