@@ -141,8 +141,10 @@ class AuxTerm:
         """Read the parameters from ``loss``'s call signature (``forward`` for a module); ``inputs`` renames
         some of them to other step tensors, the rest take the tensor of their own name. A parameter with a
         default is passed only when its tensor exists, unless ``inputs`` names it: a named input is required (a
-        config that asks for a tensor the step does not have fails instead of training without it). ``real``:
-        required for an adversarial loss (one with ``discriminator_loss``), refused for others."""
+        config that asks for a tensor the step does not have fails instead of training without it); one that
+        ``inputs`` maps to None is never passed (its default holds: a preset's optional input switched off by an
+        override). ``real``: required for an adversarial loss (one with ``discriminator_loss``), refused for
+        others. Raises TypeError when ``inputs`` names no parameter or maps a parameter without a default to None."""
         if hasattr(loss, "discriminator_loss") != (real is not None):
             raise ValueError(f"{loss!r}: an adversarial loss needs `real` (the real step tensor), others take none")
         params = list(inspect.signature(loss.forward if isinstance(loss, nn.Module) else loss).parameters.values())
@@ -152,6 +154,11 @@ class AuxTerm:
         unknown = sorted(set(renamed) - {p.name for p in params})
         if unknown:
             raise TypeError(f"inputs {unknown} are not parameters of {loss!r} ({[p.name for p in params]})")
+        off = {p.name for p in params if p.name in renamed and renamed[p.name] is None}
+        no_default = sorted(n for n in off if next(p for p in params if p.name == n).default is inspect.Parameter.empty)
+        if no_default:
+            raise TypeError(f"inputs {no_default} of {loss!r} have no default and cannot be switched off (None)")
+        params = [p for p in params if p.name not in off]
         mapping = {p.name: str(renamed.get(p.name, p.name)) for p in params}
         return cls(loss, mapping, tuple(p.name for p in params if p.default is p.empty or p.name in renamed), real)
 

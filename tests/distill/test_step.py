@@ -173,6 +173,11 @@ def test_build_losses_from_the_presets():
     assert off.aux == {}
     default = build_losses(None)
     assert isinstance(default.consistency, PseudoHuber) and default.consistency.c == 0.001 and default.aux == {}
+    # issue 13's presets train the relative sync reward; one override returns LatentSync's absolute form
+    relative = build_losses(configs.load("distill/losses_sync").distill).aux["sync"]
+    assert relative.inputs["real_frames"] == "frames" and "real_frames" in relative.required
+    absolute = build_losses(configs.load("distill/losses_sync", ["distill.aux.sync.inputs.real_frames=null"]).distill)
+    assert "real_frames" not in absolute.aux["sync"].inputs
 
 
 def test_consistency_and_recon_go_through_the_built_losses(teacher, student, batch):
@@ -243,6 +248,15 @@ def test_auxiliary_losses_are_weighted_and_checked(teacher, student, batch):
     named = StepLosses(L2(), {"sync": AuxTerm.of(extra, {"mel_negatives": "mel_negatives"})})
     with pytest.raises(KeyError, match="takes \\{'mel_negatives': 'mel_negatives'\\}"):
         distill_step(student, student, teacher, batch, cfg, named, generator=_gen(4))
+    # an input mapped to None is switched off: never passed, even when the step has the tensor
+    off = AuxTerm.of(extra, {"mel_negatives": None})
+    assert off.required == ("x0",) and dict(off.inputs) == {"x0": "x0"}
+    seen = []
+    spy = AuxTerm.of(lambda x0, mask=None: seen.append(mask) or x0.flatten(1).mean(1), {"mask": None})
+    distill_step(student, student, teacher, batch, cfg, StepLosses(L2(), {"sync": spy}), generator=_gen(4))
+    assert "mask" in batch and seen == [None]
+    with pytest.raises(TypeError, match="cannot be switched off"):
+        AuxTerm.of(extra, {"x0": None})
     with pytest.raises(TypeError, match="name its inputs"):
         AuxTerm.of(lambda *tensors: tensors[0])
     with pytest.raises(TypeError, match="not parameters"):
