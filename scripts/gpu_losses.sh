@@ -40,7 +40,7 @@ TRAIN=${1:-330}
 HELDOUT_CLIPS=${HELDOUT_CLIPS:-8}
 DEV=${DEV:-cuda} SEEDS=${SEEDS:-0 1} JOBS=${JOBS:-8} PILOT=${PILOT:-20}   # DEV=cpu SEEDS=0 JOBS=2 PILOT=2: a local dry run
 # extra rows beside the 4 contract arms, as bench_losses --arms NAME=ARM:key=value (e.g. LatentSync's absolute sync
-# reward instead of the presets' relative one: EXTRA_ARMS='sync_adv_abs=sync_adv:distill.aux.sync.inputs={frames:x0_frames,mel:mel}')
+# reward instead of the presets' relative one: EXTRA_ARMS=sync_adv_abs=sync_adv:distill.aux.sync.inputs.real_frames=null)
 EXTRA_ARMS=${EXTRA_ARMS:-}
 OUT=${OUT:-runs/gpu_losses_out}
 mkdir -p "$OUT"
