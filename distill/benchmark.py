@@ -18,6 +18,9 @@ original outside):
     sync_score           Pearson correlation of measure_mouth(generated) with the true mouth opening,
                          over all held-out frames
     sharpness            mean squared Laplacian inside the mouth box, relative to the real frames
+    detail_error         mean squared difference of the Laplacians of generated and real frames inside the
+                         mouth box, relative to the real frames' (0: the real detail; 1: a flat mouth; more:
+                         detail in the wrong places; sharpness alone counts noise as detail)
     unet_ms_per_frame    U-Net passes only;  ms_per_frame  U-Net passes + VAE decode
 
 The windows' inputs come from ``teacher.conditioning`` and the student runs through its
@@ -175,13 +178,25 @@ def decode_paste(vae, x0: torch.Tensor, win: Window) -> torch.Tensor:
     return ((out[0].permute(1, 2, 3, 0) + 1) / 2).cpu()
 
 
-def laplacian_energy(frames: torch.Tensor, box=MOUTH_BOX) -> float:
-    """Mean squared Laplacian of the grey image inside ``box``; frames ``[F, R, R, 3]`` in [0, 1]."""
+def laplacian(frames: torch.Tensor, box=MOUTH_BOX) -> torch.Tensor:
+    """The 5-point Laplacian of the grey image inside ``box`` (interior pixels); frames ``[F, R, R, 3]`` in
+    [0, 1] -> ``[F, h - 2, w - 2]``."""
     r = frames.shape[1]
     x0, y0, x1, y1 = (int(round(v * r)) for v in box)
     g = frames[:, y0:y1, x0:x1].mean(-1)
-    lap = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
-    return float(lap.square().mean())
+    return 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
+
+
+def laplacian_energy(frames: torch.Tensor, box=MOUTH_BOX) -> float:
+    """Mean squared Laplacian of the grey image inside ``box``; frames ``[F, R, R, 3]`` in [0, 1]."""
+    return float(laplacian(frames, box).square().mean())
+
+
+def laplacian_error(frames: torch.Tensor, truth: torch.Tensor, box=MOUTH_BOX) -> float:
+    """Mean squared difference of the Laplacians of ``frames`` and ``truth`` (both ``[F, R, R, 3]`` in [0, 1])
+    inside ``box``: high-frequency error. Beside ``laplacian_energy`` it tells detail from noise: a flat output
+    scores the truth's own energy, the truth 0, detail in the wrong places more than a flat output."""
+    return float((laplacian(frames, box) - laplacian(truth, box)).square().mean())
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -255,6 +270,7 @@ def evaluate(methods: dict[str, Callable], windows: list[Window], vae, reference
             "mse_to_ground_truth": region_mse(outs, truth),
             "sync_score": pearson(measured, gt_open),
             "sharpness": float(np.mean([laplacian_energy(o) for o in outs]) / gt_sharp),
+            "detail_error": float(np.mean([laplacian_error(o, t) for o, t in zip(outs, truth)]) / gt_sharp),
         }
         if syncnet is not None:
             results[name].update(lse_metrics(outs, windows, syncnet, sync_window))

@@ -31,6 +31,10 @@ def test_rows_pool_seeds_and_draws_and_the_verdict_uses_the_seed_spread():
     # sharpness (sharpness is relative to the ground truth, 1.0): plain 0.3, teacher 0.6 -> gap 0.3 > spread 0.1
     assert v["sharpness_gap_to_teacher"]["plain"] == pytest.approx(0.3) and v["sharpness_claim_reachable"]
     assert v["sharpness_met"] and v["sharpness_gap_to_ground_truth"]["sync_adv"] == pytest.approx(0.4)
+    assert v["plain_blurrier_than_teacher"] and v["detail_error"]["sync_adv"] == pytest.approx(0.6)
+    older = [{n: {m: x for m, x in d.items() if m != "detail_error"} for n, d in draw.items()} for draw in _draws(vals)]
+    rows_older = summarize(older, [0, 1])
+    assert "detail_error" not in rows_older["plain"] and "detail_error" not in verdict(rows_older)["sync_adv_vs_plain"]
     near = {**vals, TEACHER: [0.25, 0.3, 0.35]}  # the teacher as sharp as plain: nothing left to close
     v = verdict(summarize(_draws(near), [0, 1]))["sync_adv_vs_plain"]
     assert not v["sharpness_claim_reachable"] and not v["sharpness_met"]

@@ -10,6 +10,7 @@ from distill.benchmark import (
     Window,
     average_draws,
     laplacian_energy,
+    laplacian_error,
     make_windows,
     oracle_method,
     pearson,
@@ -70,6 +71,12 @@ def test_metrics_closed_forms():
     checker = ((torch.arange(40)[:, None] + torch.arange(40)[None]) % 2).float()  # Laplacian = +-4 everywhere
     frames = checker[None, :, :, None].expand(1, 40, 40, 3)
     assert laplacian_energy(frames, box=(0, 0, 1, 1)) == pytest.approx(16.0)
+    # high-frequency error: the truth 0, a flat output the truth's energy, the detail shifted by a pixel 4x that
+    assert laplacian_error(frames, frames, box=(0, 0, 1, 1)) == 0.0
+    assert laplacian_error(flat, frames[:, :, :, :].expand(2, -1, -1, -1), box=(0, 0, 1, 1)) == pytest.approx(16.0)
+    shifted = 1 - frames  # the checker one pixel over: Laplacian -(+-4), difference +-8
+    assert laplacian_energy(shifted, box=(0, 0, 1, 1)) == pytest.approx(16.0)
+    assert laplacian_error(shifted, frames, box=(0, 0, 1, 1)) == pytest.approx(64.0)
 
 
 def test_average_draws_mean_std_and_per_draw():
