@@ -155,7 +155,7 @@ class AuxTerm:
         if unknown:
             raise TypeError(f"inputs {unknown} are not parameters of {loss!r} ({[p.name for p in params]})")
         off = {p.name for p in params if p.name in renamed and renamed[p.name] is None}
-        no_default = sorted(n for n in off if next(p for p in params if p.name == n).default is inspect.Parameter.empty)
+        no_default = sorted(p.name for p in params if p.name in off and p.default is p.empty)
         if no_default:
             raise TypeError(f"inputs {no_default} of {loss!r} have no default and cannot be switched off (None)")
         params = [p for p in params if p.name not in off]
