@@ -41,6 +41,7 @@ import configs
 from distill import checkpoint as ckpt
 from distill.data import PrepareConfig, encode_latents, list_shards, prepare
 from distill.step import StepLosses, build_losses, distill_step, ema_update, make_target
+from losses.adversarial import DISC_BETAS, DISC_LR
 from student.denoiser import DenoiserSettings, StudentDenoiser
 from student.model import StudentUNet
 from student.sampler import lcm_timesteps, sample_lcm
@@ -270,7 +271,7 @@ def init_from_export(student: StudentUNet, target: nn.Module, path: str) -> None
 
 def build_disc_optimizer(run: Run):
     """AdamW over every adversarial term's discriminator (moved to the device), from ``cfg.disc_optim``
-    (default lr 2e-4, betas (0, 0.99), no weight decay); None when the losses have no discriminator."""
+    (defaults ``losses.adversarial.DISC_LR`` / ``DISC_BETAS``, no weight decay); None without a discriminator."""
     discs = run.losses.discriminators
     if not discs:
         return None
@@ -278,7 +279,7 @@ def build_disc_optimizer(run: Run):
         raise NotImplementedError("adversarial losses are not supported under DeepSpeed (the discriminator's step)")
     o = run.cfg.get("disc_optim") or {}
     params = [p for d in discs.values() for p in d.to(run.acc.device).parameters()]
-    return torch.optim.AdamW(params, lr=float(o.get("lr", 2e-4)), betas=tuple(o.get("betas", (0.0, 0.99))),
+    return torch.optim.AdamW(params, lr=float(o.get("lr", DISC_LR)), betas=tuple(o.get("betas", DISC_BETAS)),
                              weight_decay=float(o.get("weight_decay", 0.0)))  # fmt: skip
 
 

@@ -18,9 +18,14 @@ each per crop, then averaged over the crops (frames) of a sample and over the sc
 
 PatchGAN: pix2pix's ``NLayerDiscriminator`` (Isola et al. 2017: 4x4 convs, stride 2, LeakyReLU 0.2, a
 1-channel logit map of 70x70-receptive-field patches) at 3 scales, the input average-pooled by 2 between
-them (pix2pixHD's multi-scale discriminator, Wang et al. 2018). DESIGN section 4: 96x96 lip crops, hinge loss,
-generator weight 0.1 after a warm-up (``DEFAULT_WEIGHT``; the warm-up is the step's weight schedule,
-``distill.step.step_weights``).
+them (pix2pixHD's multi-scale discriminator, Wang et al. 2018). pix2pix normalises the inner convs with
+BatchNorm; here GroupNorm (``groups``, default 4), which keeps items apart (R1 per item stays exact). Without
+it, and with Adam's beta1 = 0, the discriminator does not leave chance in a few hundred steps on real vs
+1-step student lip crops: the items' colour (the identity, shared by the real and the fake crop of an item)
+moves every logit alike from batch to batch, and the real-vs-fake difference stays buried under it
+(BENCHMARKS section 17). ``DISC_LR`` / ``DISC_BETAS``: its optimizer's defaults (pix2pix's beta1 0.5).
+DESIGN section 4: 96x96 lip crops, hinge loss, generator weight 0.1 after a warm-up (``DEFAULT_WEIGHT``; the
+warm-up is the step's weight schedule, ``distill.step.step_weights``).
 
 The lip box: ``box`` as fractions (x0, y0, x1, y1) of the aligned face, or, with ``box=None``, from the mask
 tensor the step already has (1 = keep, 0 = generated; pixel or latent resolution): the rows where the mask's
@@ -42,11 +47,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "DEFAULT_WEIGHT", "LipAdversarial", "LatentAdversarial", "MultiScalePatchGAN", "PatchGAN", "d_hinge", "g_hinge",
-    "lip_crops", "mask_box", "r1_penalty",
+    "DEFAULT_WEIGHT", "DISC_BETAS", "DISC_LR", "GROUPS", "LipAdversarial", "LatentAdversarial", "MultiScalePatchGAN",
+    "PatchGAN", "d_hinge", "g_hinge", "lip_crops", "mask_box", "r1_penalty",
 ]
 
 DEFAULT_WEIGHT = 0.1  # generator weight after the warm-up (DESIGN section 4)
+DISC_LR, DISC_BETAS = 2e-4, (0.5, 0.99)  # the discriminator's AdamW (recipe.build_disc_optimizer's defaults)
+GROUPS = 4  # GroupNorm groups of the PatchGAN's inner convs
 CROP = 96
 
 
@@ -99,15 +106,18 @@ def lip_crops(frames: torch.Tensor, box: Sequence[float], size: int = CROP) -> t
 
 # --------------------------------------------------------------------------- discriminators
 class PatchGAN(nn.Module):
-    """pix2pix ``NLayerDiscriminator``: ``[N, C, H, W] -> [N, 1, H', W']`` patch logits (no batch norm, so
-    items never interact: R1 per item is exact). ``groups`` > 0 adds GroupNorm after the inner convs."""
+    """pix2pix ``NLayerDiscriminator``: ``[N, C, H, W] -> [N, 1, H', W']`` patch logits. ``groups`` > 0: GroupNorm
+    after the inner convs (pix2pix's BatchNorm, per item: items never interact, so R1 per item is exact); 0: none.
+    Raises ValueError when a normalised conv's width is not a multiple of ``groups``."""
 
-    def __init__(self, in_channels: int = 3, channels: int = 32, layers: int = 3, groups: int = 0):
+    def __init__(self, in_channels: int = 3, channels: int = 32, layers: int = 3, groups: int = GROUPS):
         super().__init__()
         seq: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         ch = channels
         for i in range(1, layers + 1):
             out = channels * min(2**i, 8)
+            if groups and out % groups:
+                raise ValueError(f"PatchGAN: {out} channels (layer {i}) do not split into {groups} GroupNorm groups")
             seq.append(nn.Conv2d(ch, out, 4, 2 if i < layers else 1, 1))
             if groups:
                 seq.append(nn.GroupNorm(groups, out))
@@ -124,7 +134,8 @@ class MultiScalePatchGAN(nn.Module):
     """``scales`` PatchGANs, scale k seeing the input average-pooled k times (3x3, stride 2): ``[N, C, H, W] ->
     [logits_k [N, 1, h_k, w_k]]`` (pix2pixHD)."""
 
-    def __init__(self, scales: int = 3, in_channels: int = 3, channels: int = 32, layers: int = 3, groups: int = 0):
+    def __init__(self, scales: int = 3, in_channels: int = 3, channels: int = 32, layers: int = 3,
+                 groups: int = GROUPS):
         super().__init__()
         self.discriminators = nn.ModuleList(PatchGAN(in_channels, channels, layers, groups) for _ in range(scales))
 
