@@ -10,8 +10,8 @@ lips. This probe takes the generator out of the question:
    and losses) and run ``--record-steps`` real training steps; every step, the (real frames, detached x0 frames,
    mask) the adversarial term gives its discriminator are kept (``[k, 3, F, R, R]`` x2, the 1-step items).
 2. Train fresh discriminators offline on those fixed crops, one per ``--variants`` entry and ``--seeds`` seed:
-   ``NAME=groups:beta1:lr`` (``losses.adversarial.MultiScalePatchGAN`` with the preset's scales and channels and
-   that many GroupNorm groups; AdamW betas (beta1, 0.99)), ``--iters`` steps cycling over all recorded batches
+   ``NAME=groups:beta1:lr`` (``losses.adversarial.MultiScalePatchGAN`` as the preset builds it but with that many
+   GroupNorm groups; AdamW betas (beta1, 0.99)), ``--iters`` steps cycling over all recorded batches
    but the last ``--held-out`` ones, the hinge ``L_D`` of the held-out batches every ``--every`` steps.
 
 A discriminator that learns drives the held-out hinge from 2.0 (chance: D = 0 everywhere) toward 0; one that only
@@ -83,8 +83,7 @@ def train_offline(batches: list, held_out: int, disc_cfg: dict, groups: int, bet
     from losses.adversarial import LipAdversarial, MultiScalePatchGAN
 
     torch.manual_seed(seed)
-    d = MultiScalePatchGAN(scales=int(disc_cfg.get("scales", 3)), channels=int(disc_cfg.get("channels", 32)),
-                           groups=groups)  # fmt: skip
+    d = MultiScalePatchGAN(**{k: v for k, v in disc_cfg.items() if k != "_target_"} | {"groups": groups})
     adv = LipAdversarial(d)
     opt = torch.optim.AdamW(d.parameters(), lr=lr, betas=(beta1, 0.99), weight_decay=0.0)
     train, test = batches[:-held_out], batches[-held_out:]
