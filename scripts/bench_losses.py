@@ -26,7 +26,8 @@
 4. Rows ``plain``, ``sync``, ``sync_adv``, ``all``, ``teacher_ddim_20``: per metric the mean over seeds x draws,
    ``std`` over those values, ``seed_spread`` (std over the seeds of each seed's draw mean; 0 for the teacher,
    which has no training seed), ``draw_std`` (mean over seeds of the std over draws) and the values; then the
-   issue's comparisons (``_verdict``) and the cost (``_cost``). Writes ``--json``.
+   issue's comparisons (``_verdict``: sync_adv vs plain; the reward students vs the teacher, as means and paired
+   on the same noise draws, ``vs_teacher_ddim_20_paired``) and the cost (``_cost``). Writes ``--json``.
 """
 
 from __future__ import annotations
@@ -344,7 +345,28 @@ def verdict(rows: dict) -> dict:
             "teacher": t["mean"], "teacher_draw_std": t["std"], "difference": s["mean"] - t["mean"],
             "passes_teacher": s["mean"] - s["std"] > t["mean"] + t["std"],
         }  # fmt: skip
+    if TEACHER in rows:
+        out["vs_teacher_ddim_20_paired"] = {
+            row: paired_difference(r["sync_score"]["values"], rows[TEACHER]["sync_score"]["values"][0])
+            for row, r in rows.items() if row not in ("plain", TEACHER)
+        }  # fmt: skip
     return out
+
+
+def paired_difference(student: list[list[float]], teacher: list[float]) -> dict:
+    """A student's score minus the teacher's on the same noise draw (same windows, same noise): ``student``
+    ``[seeds][draws]``, ``teacher`` ``[draws]``. The draws move both alike (one draw's noise is hard for every
+    model), so the paired difference is steadier than the two means apart. Returns the mean difference, each
+    seed's, ``seed_spread`` (std over the seeds' means: the issue's yardstick), ``paired_std`` (over seeds x draws)
+    and ``passes``: the mean difference above zero by more than the seed spread."""
+    s, t = np.asarray(student, dtype=np.float64), np.asarray(teacher, dtype=np.float64)
+    if s.ndim != 2 or t.ndim != 1 or s.shape[1] != t.shape[0]:
+        raise ValueError(f"student scores {np.shape(student)} do not pair with the teacher's {len(teacher)} draws")
+    d = s - t[None]
+    per_seed = d.mean(1)
+    return {"difference": float(d.mean()), "per_seed": per_seed.tolist(), "seed_spread": float(per_seed.std()),
+            "paired_std": float(d.std()), "seeds_above": int((per_seed > 0).sum()),
+            "passes": bool(d.mean() > per_seed.std())}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

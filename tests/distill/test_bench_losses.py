@@ -136,3 +136,21 @@ def test_picture_has_a_labelled_strip_per_row(tmp_path):
     assert img.size == (110 + 3 * 4 * 32, 3 * 16)  # 3 windows x 4 frames of 32 px; 3 rows of half faces
     px = np.asarray(img)[16:32, 110:142] / 255.0  # plain_s0, window 0, frame 0: half the truth's lower half
     assert np.abs(px - (truth[0][0, 16:].numpy() * 0.5)).max() < 1 / 255 + 1e-6
+
+
+def test_the_paired_difference_to_the_teacher_cancels_the_shared_draw_noise():
+    from scripts.bench_losses import paired_difference
+
+    teacher = [0.5, 0.8, 0.6]  # draw 0 hard for every model, draw 1 easy
+    d = paired_difference([[0.55, 0.85, 0.65], [0.53, 0.83, 0.63]], teacher)
+    assert d["per_seed"] == pytest.approx([0.05, 0.03]) and d["difference"] == pytest.approx(0.04)
+    assert d["seed_spread"] == pytest.approx(0.01) and d["paired_std"] == pytest.approx(0.01)
+    assert d["passes"] and d["seeds_above"] == 2  # +0.04 > 0.01, though the means apart overlap by their stds
+    behind = paired_difference([[0.55, 0.85, 0.65], [0.45, 0.75, 0.55]], teacher)  # one seed above, one below
+    assert behind["difference"] == pytest.approx(0.0) and behind["seeds_above"] == 1 and not behind["passes"]
+    with pytest.raises(ValueError, match="do not pair"):
+        paired_difference([[0.5, 0.5]], teacher)
+    vals = {TEACHER: teacher, "plain_s0": teacher, "plain_s1": teacher, "sync_s0": [0.55, 0.85, 0.65],
+            "sync_s1": [0.53, 0.83, 0.63]}  # fmt: skip
+    v = verdict(summarize(_draws(vals), [0, 1]))["vs_teacher_ddim_20_paired"]
+    assert set(v) == {"sync"} and v["sync"]["passes"]
