@@ -24,9 +24,15 @@ from scripts.bench_losses import TEACHER, paired_difference
 CURVE_METRICS = ("sync_score", "lse_c", "sharpness", "detail_error", "mse_to_ground_truth", "boundary")
 
 
+def arm_rows(report: dict) -> list[str]:
+    """The student rows of a ``bench_losses`` report (every row but the teacher and the ``_`` entries)."""
+    return [a for a in report if not a.startswith("_") and a != TEACHER]
+
+
 def parse_reports(specs: list[str]) -> dict[int, dict]:
     """``["120=a.json", ...]`` -> {120: report, ...} in step order. Raises SystemExit on a malformed entry, a
-    missing file, a repeated step count, or reports whose teacher rows differ (not the same held-out set)."""
+    missing file, a file that is not a ``bench_losses`` report, a repeated step count, reports whose teacher rows
+    differ (not the same held-out set or draws) or whose arms have different numbers of seeds."""
     reports: dict[int, dict] = {}
     for spec in specs:
         steps, sep, path = spec.partition("=")
@@ -36,14 +42,27 @@ def parse_reports(specs: list[str]) -> dict[int, dict]:
             raise SystemExit(f"{spec!r}: step count {steps} given twice")
         if not Path(path).is_file():
             raise SystemExit(f"{spec!r}: no such report {path}")
-        reports[int(steps)] = json.loads(Path(path).read_text())
-    teachers = {s: r[TEACHER]["sync_score"]["values"] for s, r in reports.items() if TEACHER in r}
-    if len(teachers) != len(reports):
-        raise SystemExit(f"every report needs its {TEACHER} row (missing at {sorted(set(reports) - set(teachers))})")
+        try:
+            report = json.loads(Path(path).read_text())
+            teacher = report[TEACHER]["sync_score"]["values"]
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{spec!r}: {path} is not JSON ({err})") from None
+        except (KeyError, TypeError):
+            raise SystemExit(f"{spec!r}: {path} is not a scripts.bench_losses report (no {TEACHER} row with "
+                             "per-draw sync_score values)") from None  # fmt: skip
+        if not (isinstance(teacher, list) and len(teacher) == 1):
+            raise SystemExit(f"{spec!r}: {path}'s {TEACHER} row should hold one list of per-draw scores")
+        reports[int(steps)] = report
+    teachers = {s: r[TEACHER]["sync_score"]["values"] for s, r in reports.items()}
     first = next(iter(teachers.values()))
     for s, t in teachers.items():
+        if np.shape(t) != np.shape(first):
+            raise SystemExit(f"the report at {s} steps has {np.shape(t)[1]} noise draws, another {np.shape(first)[1]}")
         if not np.allclose(t, first, atol=1e-6):
             raise SystemExit(f"the report at {s} steps has another teacher ({t} vs {first}): not the same held-out set")
+    seeds = {len(r[a]["sync_score"]["values"]) for r in reports.values() for a in arm_rows(r)}
+    if len(seeds) > 1:
+        raise SystemExit(f"the reports have different numbers of training seeds ({sorted(seeds)}): not one curve")
     return dict(sorted(reports.items()))
 
 
@@ -52,8 +71,7 @@ def curves(reports: dict[int, dict]) -> dict:
     "vs_teacher_paired": [paired_difference per step]}} for every arm present at every step count, and the
     teacher's and ground truth's constants."""
     steps = list(reports)
-    arms = [a for a in next(iter(reports.values())) if not a.startswith("_") and a != TEACHER]
-    arms = [a for a in arms if all(a in r for r in reports.values())]
+    arms = [a for a in arm_rows(next(iter(reports.values()))) if all(a in r for r in reports.values())]
     out: dict = {"steps": steps, "arms": {}}
     for arm in arms:
         row: dict = {}

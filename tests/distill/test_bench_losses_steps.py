@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -48,9 +49,23 @@ def test_reports_that_do_not_form_one_curve_are_refused(tmp_path):
     other = _report(tmp_path, "o", {TEACHER: [0.1, 0.2, 0.3], "plain_s0": [0.5] * 3, "plain_s1": [0.5] * 3})
     with pytest.raises(SystemExit, match="not the same held-out set"):
         parse_reports([f"120={a}", f"240={other}"])
+    more_draws = _report(tmp_path, "m", {TEACHER: TEACHER_DRAWS + [0.9], "plain_s0": [0.5] * 4, "plain_s1": [0.5] * 4})
+    with pytest.raises(SystemExit, match="4 noise draws, another 3"):
+        parse_reports([f"120={a}", f"240={more_draws}"])
+    three = json.loads(Path(a).read_text())
+    three["plain"]["sync_score"]["values"].append([0.5] * 3)  # a third seed
+    (tmp_path / "three.json").write_text(json.dumps(three))
+    with pytest.raises(SystemExit, match="different numbers of training seeds"):
+        parse_reports([f"120={a}", f"240={tmp_path / 'three.json'}"])
     with pytest.raises(SystemExit, match="STEPS=REPORT"):
         parse_reports([a])
     with pytest.raises(SystemExit, match="given twice"):
         parse_reports([f"120={a}", f"120={a}"])
     with pytest.raises(SystemExit, match="no such report"):
         parse_reports([f"120={tmp_path / 'missing.json'}"])
+    (tmp_path / "notes.md").write_text("# not json")
+    with pytest.raises(SystemExit, match="is not JSON"):
+        parse_reports([f"120={tmp_path / 'notes.md'}"])
+    (tmp_path / "distill.json").write_text(json.dumps({TEACHER: {"sync_score": 0.7}}))  # bench_distill's flat rows
+    with pytest.raises(SystemExit, match="not a scripts.bench_losses report"):
+        parse_reports([f"120={tmp_path / 'distill.json'}"])
