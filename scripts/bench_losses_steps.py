@@ -67,9 +67,10 @@ def parse_reports(specs: list[str]) -> dict[int, dict]:
 
 
 def curves(reports: dict[int, dict]) -> dict:
-    """{arm: {"steps": [...], metric: {"mean": [...], "seed_spread": [...], "per_seed": [[...] per step]},
-    "vs_teacher_paired": [paired_difference per step]}} for every arm present at every step count, and the
-    teacher's and ground truth's constants."""
+    """{"steps": [...], "arms": {arm: {metric: {"mean": [...], "seed_spread": [...], "per_seed": [[...] per step]},
+    "vs_teacher_paired": [paired_difference per step]}}, teacher_ddim_20: {metric: mean, draw_std},
+    "_ground_truth", "_sources"} for every arm present at every step count (means and spreads as the reports give
+    them)."""
     steps = list(reports)
     arms = [a for a in arm_rows(next(iter(reports.values()))) if all(a in r for r in reports.values())]
     out: dict = {"steps": steps, "arms": {}}
@@ -78,9 +79,9 @@ def curves(reports: dict[int, dict]) -> dict:
         for m in CURVE_METRICS:
             if not all(m in r[arm] for r in reports.values()):
                 continue
-            vals = [np.asarray(r[arm][m]["values"]) for r in reports.values()]  # [seeds, draws] per step
-            row[m] = {"mean": [float(v.mean()) for v in vals], "seed_spread": [float(v.mean(1).std()) for v in vals],
-                      "per_seed": [v.mean(1).tolist() for v in vals]}  # fmt: skip
+            cells = [r[arm][m] for r in reports.values()]
+            row[m] = {"mean": [c["mean"] for c in cells], "seed_spread": [c["seed_spread"] for c in cells],
+                      "per_seed": [np.mean(c["values"], axis=1).tolist() for c in cells]}  # values: [seeds, draws]
         row["vs_teacher_paired"] = [paired_difference(r[arm]["sync_score"]["values"],
                                                       r[TEACHER]["sync_score"]["values"][0])
                                     for r in reports.values()]  # fmt: skip
